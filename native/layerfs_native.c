@@ -1,0 +1,213 @@
+/*
+ * The few syscalls Node does not expose and an overlay store needs:
+ * mknod (whiteouts, device nodes), the l*xattr family (opaque dirs, PAX xattrs,
+ * FUSE xattr ops), and renameat2 (RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT).
+ * Every function is synchronous and throws an Error carrying `code` (e.g. "ENODATA")
+ * and `errno`, like Node's own fs errors.
+ */
+#define _GNU_SOURCE
+#include <node_api.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+#define PATH_BUF 4352
+#define NAME_BUF 512
+
+static const char *errno_name(int e) {
+  switch (e) {
+#define E(x) case x: return #x;
+    E(EPERM) E(ENOENT) E(EIO) E(EBADF) E(EACCES) E(EEXIST) E(EXDEV) E(ENOTDIR) E(EISDIR)
+    E(EINVAL) E(ENOSPC) E(EROFS) E(EMLINK) E(ERANGE) E(ENAMETOOLONG) E(ENOTEMPTY) E(ENOSYS)
+    E(ENODATA) E(ENOTSUP) E(EDQUOT) E(E2BIG) E(ELOOP) E(EBUSY) E(EFAULT) E(ENOMEM)
+#undef E
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value throw_errno(napi_env env, int e, const char *syscall, const char *path) {
+  char msg[PATH_BUF + 128];
+  snprintf(msg, sizeof msg, "%s: %s, %s '%s'", errno_name(e), strerror(e), syscall, path ? path : "");
+  napi_value code, message, err, errnum, sc;
+  napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &err);
+  napi_create_int32(env, -e, &errnum);
+  napi_set_named_property(env, err, "errno", errnum);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc);
+  napi_set_named_property(env, err, "syscall", sc);
+  if (path) {
+    napi_value p;
+    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &p);
+    napi_set_named_property(env, err, "path", p);
+  }
+  napi_throw(env, err);
+  return NULL;
+}
+
+static int get_str(napi_env env, napi_value v, char *buf, size_t len) {
+  size_t n;
+  if (napi_get_value_string_utf8(env, v, buf, len, &n) != napi_ok) return -1;
+  if (n >= len - 1) return -1;
+  return 0;
+}
+
+#define ARGS(N)                                                   \
+  size_t argc = N;                                                \
+  napi_value argv[N];                                             \
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);           \
+  if (argc < N) {                                                 \
+    napi_throw_type_error(env, NULL, "wrong number of arguments"); \
+    return NULL;                                                  \
+  }
+
+#define STR(i, buf)                                               \
+  if (get_str(env, argv[i], buf, sizeof buf) != 0) {              \
+    napi_throw_type_error(env, NULL, "expected a string (or too long)"); \
+    return NULL;                                                  \
+  }
+
+/* mknod(path, mode, major, minor) */
+static napi_value n_mknod(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  char path[PATH_BUF];
+  STR(0, path);
+  uint32_t mode, maj, min;
+  napi_get_value_uint32(env, argv[1], &mode);
+  napi_get_value_uint32(env, argv[2], &maj);
+  napi_get_value_uint32(env, argv[3], &min);
+  if (mknod(path, (mode_t)mode, makedev(maj, min)) != 0) return throw_errno(env, errno, "mknod", path);
+  return NULL;
+}
+
+/* lsetxattr(path, name, value: Buffer, flags) */
+static napi_value n_lsetxattr(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  char path[PATH_BUF], name[NAME_BUF];
+  STR(0, path);
+  STR(1, name);
+  void *data;
+  size_t len;
+  if (napi_get_buffer_info(env, argv[2], &data, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "value must be a Buffer");
+    return NULL;
+  }
+  int32_t flags;
+  napi_get_value_int32(env, argv[3], &flags);
+  if (lsetxattr(path, name, data, len, flags) != 0) return throw_errno(env, errno, "lsetxattr", path);
+  return NULL;
+}
+
+/* lgetxattr(path, name) -> Buffer (throws ENODATA when absent) */
+static napi_value n_lgetxattr(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char path[PATH_BUF], name[NAME_BUF];
+  STR(0, path);
+  STR(1, name);
+  char small[256];
+  ssize_t n = lgetxattr(path, name, small, sizeof small);
+  napi_value out;
+  if (n >= 0) {
+    void *dst;
+    napi_create_buffer_copy(env, (size_t)n, small, &dst, &out);
+    return out;
+  }
+  if (errno != ERANGE) return throw_errno(env, errno, "lgetxattr", path);
+  for (;;) {
+    ssize_t want = lgetxattr(path, name, NULL, 0);
+    if (want < 0) return throw_errno(env, errno, "lgetxattr", path);
+    char *buf = malloc((size_t)want + 1);
+    if (!buf) return throw_errno(env, ENOMEM, "lgetxattr", path);
+    n = lgetxattr(path, name, buf, (size_t)want);
+    if (n >= 0) {
+      void *dst;
+      napi_create_buffer_copy(env, (size_t)n, buf, &dst, &out);
+      free(buf);
+      return out;
+    }
+    free(buf);
+    if (errno != ERANGE) return throw_errno(env, errno, "lgetxattr", path);
+  }
+}
+
+/* llistxattr(path) -> string[] */
+static napi_value n_llistxattr(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  char path[PATH_BUF];
+  STR(0, path);
+  char *buf = NULL;
+  ssize_t n;
+  for (;;) {
+    ssize_t want = llistxattr(path, NULL, 0);
+    if (want < 0) return throw_errno(env, errno, "llistxattr", path);
+    free(buf);
+    buf = malloc((size_t)want + 1);
+    if (!buf) return throw_errno(env, ENOMEM, "llistxattr", path);
+    n = llistxattr(path, buf, (size_t)want);
+    if (n >= 0) break;
+    if (errno != ERANGE) {
+      int e = errno;
+      free(buf);
+      return throw_errno(env, e, "llistxattr", path);
+    }
+  }
+  napi_value arr;
+  napi_create_array(env, &arr);
+  uint32_t idx = 0;
+  for (ssize_t off = 0; off < n;) {
+    size_t l = strlen(buf + off);
+    if (l > 0) {
+      napi_value s;
+      napi_create_string_utf8(env, buf + off, l, &s);
+      napi_set_element(env, arr, idx++, s);
+    }
+    off += (ssize_t)l + 1;
+  }
+  free(buf);
+  return arr;
+}
+
+/* lremovexattr(path, name) */
+static napi_value n_lremovexattr(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char path[PATH_BUF], name[NAME_BUF];
+  STR(0, path);
+  STR(1, name);
+  if (lremovexattr(path, name) != 0) return throw_errno(env, errno, "lremovexattr", path);
+  return NULL;
+}
+
+/* renameat2(oldpath, newpath, flags) with AT_FDCWD */
+static napi_value n_renameat2(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  char from[PATH_BUF], to[PATH_BUF];
+  STR(0, from);
+  STR(1, to);
+  uint32_t flags;
+  napi_get_value_uint32(env, argv[2], &flags);
+  if (syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, flags) != 0) return throw_errno(env, errno, "renameat2", from);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"mknod", NULL, n_mknod, NULL, NULL, NULL, napi_default, NULL},
+    {"lsetxattr", NULL, n_lsetxattr, NULL, NULL, NULL, napi_default, NULL},
+    {"lgetxattr", NULL, n_lgetxattr, NULL, NULL, NULL, napi_default, NULL},
+    {"llistxattr", NULL, n_llistxattr, NULL, NULL, NULL, napi_default, NULL},
+    {"lremovexattr", NULL, n_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
+    {"renameat2", NULL, n_renameat2, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,38 @@
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+/** Syscalls Node lacks, from our small N-API addon (native/layerfs_native.c, built by scripts/build-native.sh). */
+export interface Native {
+  mknod(path: string, mode: number, major: number, minor: number): void;
+  lsetxattr(path: string, name: string, value: Buffer, flags: number): void;
+  /** Throws an error with code ENODATA when the attribute is absent. */
+  lgetxattr(path: string, name: string): Buffer;
+  llistxattr(path: string): string[];
+  lremovexattr(path: string, name: string): void;
+  renameat2(from: string, to: string, flags: number): void;
+}
+
+export const RENAME_NOREPLACE = 1;
+export const RENAME_EXCHANGE = 2;
+export const RENAME_WHITEOUT = 4;
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+
+function findRepoRoot(): string {
+  // this file is at <repo>/src/common/native.ts or <repo>/dist/src/common/native.js
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    if (path.basename(dir) === 'src') return path.basename(path.dirname(dir)) === 'dist' ? path.dirname(path.dirname(dir)) : path.dirname(dir);
+    dir = path.dirname(dir);
+  }
+  throw new Error('layerfs: cannot locate the package root to load build/layerfs_native.node');
+}
+
+const require = createRequire(import.meta.url);
+export const native: Native = require(path.join(findRepoRoot(), 'build', 'layerfs_native.node')) as Native;
+
+/** A char device 0/0: the kernel overlay whiteout. */
+export function mkWhiteout(p: string): void {
+  native.mknod(p, 0o020000, 0, 0);
+}

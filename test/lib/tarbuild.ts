@@ -1,11 +1,11 @@
 /** Builds real tar files for tests (tar-stream's packer), plain or gzipped. */
-import { pack, type Headers } from 'tar-stream';
+import { pack, type Header } from 'tar-stream';
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 
 export type TarEntry = {
   name: string;
-  type?: Headers['type'];
+  type?: Header['type'];
   content?: string | Buffer;
   mode?: number;
   uid?: number;
@@ -23,14 +23,14 @@ export const FIXED_MTIME = new Date('2024-01-02T03:04:05Z');
 export async function buildTar(entries: TarEntry[], opts: { gzip?: boolean } = {}): Promise<Buffer> {
   const p = pack();
   const chunks: Buffer[] = [];
-  p.on('data', (c: Buffer) => chunks.push(c));
+  p.on('data', (c) => chunks.push(c as Buffer));
   const done = new Promise<void>((resolve, reject) => {
     p.on('end', () => resolve());
     p.on('error', reject);
   });
   for (const e of entries) {
     const type = e.type ?? (e.content !== undefined ? 'file' : 'directory');
-    const header: Headers = {
+    const header: Header = {
       name: e.name,
       type,
       mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),

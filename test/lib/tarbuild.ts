@@ -37,11 +37,11 @@ export async function buildTar(entries: TarEntry[], opts: { gzip?: boolean } = {
       uid: e.uid ?? 0,
       gid: e.gid ?? 0,
       mtime: e.mtime ?? FIXED_MTIME,
-      linkname: e.linkname,
-      devmajor: e.devmajor,
-      devminor: e.devminor,
-      pax: e.pax,
     };
+    if (e.linkname !== undefined) header.linkname = e.linkname;
+    if (e.devmajor !== undefined) header.devmajor = e.devmajor;
+    if (e.devminor !== undefined) header.devminor = e.devminor;
+    if (e.pax !== undefined) header.pax = e.pax;
     if (type === 'file') {
       const body = typeof e.content === 'string' ? Buffer.from(e.content) : (e.content ?? Buffer.alloc(0));
       header.size = body.length;

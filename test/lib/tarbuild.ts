@@ -30,7 +30,7 @@ export async function buildTar(entries: TarEntry[], opts: { gzip?: boolean } = {
   });
   for (const e of entries) {
     const type = e.type ?? (e.content !== undefined ? 'file' : 'directory');
-    const header: Header = {
+    const header: Partial<Header> & { name: string } = {
       name: e.name,
       type,
       mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),

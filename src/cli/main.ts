@@ -1,0 +1,39 @@
+#!/usr/bin/env node
+import yargs, { type CommandModule } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { LayerfsError } from '../common/errors.js';
+import { logger, setLogLevel } from '../common/log.js';
+import { type GlobalArgs, globalOptions } from './context.js';
+import { applyCommand, imageCommand, indexCommand, layerCommand, statusCommand } from './cmd-store.js';
+import { fuseCommand } from './cmd-fuse.js';
+
+/** `layerfs: <what>: <why>` for our errors; system errors keep their message. */
+export function formatError(err: unknown): string {
+  if (err instanceof LayerfsError) return `layerfs: ${err.message}`;
+  if (err instanceof Error) return `layerfs: ${err.message}`;
+  return `layerfs: ${String(err)}`;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, fuseCommand] as CommandModule<GlobalArgs, never>[];
+  let y = globalOptions(yargs(argv).scriptName('layerfs'))
+    .middleware((a) => setLogLevel(String(a['log-level'])))
+    .strict()
+    .demandCommand(1, 'name a command (see --help)')
+    .recommendCommands()
+    .help()
+    .fail((msg, err) => {
+      throw err ?? new LayerfsError('EUSAGE', 'usage', msg);
+    });
+  for (const c of commands) y = y.command(c as CommandModule) as typeof y;
+  await y.parseAsync();
+}
+
+const isEntry = process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href;
+if (isEntry || process.argv[1]?.endsWith('/layerfs')) {
+  main(hideBin(process.argv)).catch((err: unknown) => {
+    logger().debug({ err }, 'command failed');
+    process.stderr.write(formatError(err) + '\n');
+    process.exitCode = 1;
+  });
+}

@@ -1,0 +1,138 @@
+import type { Readable } from 'node:stream';
+import { applyLayer } from '../archive/index.js';
+import { LayerfsError } from '../common/errors.js';
+import { logger } from '../common/log.js';
+import type { Index } from '../index/index.js';
+import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+import { chainIds, hexOf, sha256Digest } from './digest.js';
+import { normalizeName } from './refs.js';
+import { configDiffIds, openImageSource } from './source.js';
+
+export interface AddLayerInput {
+  parent: string | null;
+  open: () => Readable;
+  /** Known diff id (from the image config): lets an existing layer be reused without reading the tar. */
+  diffDigest?: string;
+  compressedDigest?: string;
+}
+
+/**
+ * Add one RO layer to the shared store: reuse it when its chainID is already there, else apply the
+ * tar into a staged dir, verify digests, and publish. Call with the writer lock held.
+ */
+export async function addROLayer(store: Store, index: Index, input: AddLayerInput): Promise<{ layer: LayerRecord; created: boolean }> {
+  const parentRec = input.parent ? await store.readSharedLayer(input.parent) : null;
+  if (input.parent && !parentRec) throw new LayerfsError('ELAYERNOTFOUND', `layer ${input.parent}`, 'parent layer is not in the shared store');
+  const chainOf = (diff: string) => (parentRec ? chainIds([`sha256:${parentRec.id}`, diff])[1]! : diff);
+  if (input.diffDigest) {
+    const id = hexOf(chainOf(input.diffDigest));
+    const existing = await store.readSharedLayer(id);
+    if (existing && (await store.roLayerComplete(id))) {
+      await store.linkLocal(id, 'layer');
+      await index.putLayer(existing);
+      return { layer: existing, created: false };
+    }
+  }
+  const tmp = await store.stageLayer();
+  try {
+    const res = await applyLayer(input.open(), `${tmp}/diff`, {
+      ...(input.diffDigest ? { expectDiffDigest: input.diffDigest } : {}),
+      ...(input.compressedDigest ? { expectCompressedDigest: input.compressedDigest } : {}),
+    });
+    const rec: LayerRecord = {
+      id: hexOf(chainOf(res.diffDigest)),
+      parent: parentRec ? parentRec.id : null,
+      diffDigest: res.diffDigest,
+      compressedDigest: res.compressedDigest,
+      size: res.size,
+      compressedSize: res.compressedSize,
+      rw: false,
+      created: new Date().toISOString(),
+    };
+    const created = await store.publishLayer(tmp, rec);
+    const stored = created ? rec : ((await store.readSharedLayer(rec.id)) ?? rec);
+    await index.putLayer(stored);
+    return { layer: stored, created };
+  } catch (err) {
+    await store.discardStaged(tmp).catch(() => undefined);
+    throw err;
+  }
+}
+
+export interface ImportResult {
+  image: ImageRecord;
+  /** Per layer: whether it was extracted now (false: already in the store). */
+  extracted: boolean[];
+}
+
+/** Import an OCI layout dir, OCI archive or docker-save archive into the shared store. */
+export async function importImage(store: Store, index: Index, input: string, names: string[]): Promise<ImportResult> {
+  return store.withWriteLock(`image import ${input}`, async () => {
+    const src = await openImageSource(input, store.sharedPath('overlay'));
+    try {
+      const diffIds = configDiffIds(src.config);
+      if (diffIds.length !== src.layers.length) {
+        throw new LayerfsError('EBADIMAGE', input, `config lists ${diffIds.length} diff ids but the manifest has ${src.layers.length} layers`);
+      }
+      const layers: LayerRecord[] = [];
+      const extracted: boolean[] = [];
+      let parent: string | null = null;
+      for (let i = 0; i < src.layers.length; i++) {
+        const l = src.layers[i]!;
+        const { layer, created } = await addROLayer(store, index, {
+          parent,
+          open: l.open,
+          diffDigest: diffIds[i]!,
+          ...(l.digest ? { compressedDigest: l.digest } : {}),
+        });
+        logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
+        layers.push(layer);
+        extracted.push(created);
+        parent = layer.id;
+      }
+      // docker-save has no manifest: synthesize the OCI one the layers would have had
+      const manifest =
+        src.manifest ??
+        Buffer.from(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: 'application/vnd.oci.image.manifest.v1+json',
+            config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: src.configDigest, size: src.config.length },
+            layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.compressedDigest, size: l.compressedSize ?? 0 })),
+          }),
+        );
+      const id = hexOf(src.configDigest);
+      const wanted = [...new Set((names.length ? names : src.names).map(normalizeName))];
+      const old = await store.readSharedImage(id);
+      const rec: ImageRecord = {
+        id,
+        names: [...new Set([...(old?.names ?? []), ...wanted])],
+        layers: layers.map((l) => l.id),
+        topLayer: layers.length ? layers[layers.length - 1]!.id : null,
+        manifestDigest: sha256Digest(manifest),
+        configDigest: src.configDigest,
+        size: layers.reduce((a, l) => a + l.size, 0),
+        created: old?.created ?? new Date().toISOString(),
+      };
+      await moveNames(store, index, wanted, id);
+      await store.publishImage(rec, manifest, src.config);
+      await index.putImage(rec);
+      return { image: rec, extracted };
+    } finally {
+      await src.close();
+    }
+  });
+}
+
+/** A name moves to the image that takes it (docker tag semantics): drop it from its old holder. */
+export async function moveNames(store: Store, index: Index, names: string[], to: string): Promise<void> {
+  for (const n of names) {
+    const holder = await index.imageIdByName(n);
+    if (!holder || holder === to) continue;
+    const rec = await store.readSharedImage(holder);
+    if (!rec) continue;
+    rec.names = rec.names.filter((x) => x !== n);
+    await store.publishImage(rec, await store.readImageBlob(holder, 'manifest'), await store.readImageBlob(holder, 'config'));
+    await index.putImage(rec);
+  }
+}

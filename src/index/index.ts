@@ -1,0 +1,106 @@
+import { Level } from 'level';
+import { access } from 'node:fs/promises';
+import { LayerfsError } from '../common/errors.js';
+import type { ImageRecord, LayerRecord } from '../store/index.js';
+
+/** A layer as the index knows it: the on-disk record plus what this host knows about it. */
+export interface IndexedLayer extends LayerRecord {
+  /** Set by the scanner when the layer left the shared store while still used here. */
+  missing?: boolean;
+}
+
+type Sub = ReturnType<Level<string, unknown>['sublevel']>;
+
+/**
+ * The LevelDB index under `<root>/index`: a cache of the disk so listings and lookups never walk
+ * the (NFS) store. Sublevels: `layer` (id -> IndexedLayer), `image` (id -> ImageRecord),
+ * `name` (name -> image id), `meta` (scanner state and the like).
+ */
+export class Index {
+  private constructor(
+    private readonly db: Level<string, unknown>,
+    /** True when the database did not exist before this open (callers rebuild it from the store). */
+    readonly created: boolean,
+  ) {}
+
+  static async open(dir: string): Promise<Index> {
+    const existed = await access(dir).then(
+      () => true,
+      () => false,
+    );
+    const db = new Level<string, unknown>(dir, { valueEncoding: 'json' });
+    try {
+      await db.open();
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+      const msg = `${(err as Error).message} ${cause?.message ?? ''}`;
+      if ((err as { code?: string }).code === 'LEVEL_DATABASE_NOT_OPEN' && /lock/i.test(msg)) {
+        throw new LayerfsError('ELOCKED', dir, 'the index is in use by another layerfs process (is `layerfs daemon` running on this root?)', { cause: err });
+      }
+      throw new LayerfsError('ELOCKED', dir, `cannot open the index: ${msg.trim()}`, { cause: err });
+    }
+    return new Index(db, !existed);
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+
+  private sub(name: 'layer' | 'image' | 'name' | 'meta'): Sub {
+    return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
+  }
+
+  // ---- layers
+  async putLayer(rec: IndexedLayer): Promise<void> {
+    await this.sub('layer').put(rec.id, rec);
+  }
+  async getLayer(id: string): Promise<IndexedLayer | undefined> {
+    return (await this.sub('layer').get(id)) as IndexedLayer | undefined;
+  }
+  async delLayer(id: string): Promise<void> {
+    await this.sub('layer').del(id);
+  }
+  async listLayers(): Promise<IndexedLayer[]> {
+    return (await this.sub('layer').values().all()) as IndexedLayer[];
+  }
+
+  // ---- images and names
+  async putImage(rec: ImageRecord): Promise<void> {
+    const names = this.sub('name');
+    const old = (await this.getImage(rec.id)) ?? null;
+    const ops: { type: 'put' | 'del'; key: string; value?: unknown }[] = [];
+    for (const n of old?.names ?? []) if (!rec.names.includes(n)) ops.push({ type: 'del', key: n });
+    for (const n of rec.names) ops.push({ type: 'put', key: n, value: rec.id });
+    await this.sub('image').put(rec.id, rec);
+    if (ops.length) await names.batch(ops as never);
+  }
+  async getImage(id: string): Promise<ImageRecord | undefined> {
+    return (await this.sub('image').get(id)) as ImageRecord | undefined;
+  }
+  async delImage(id: string): Promise<void> {
+    const rec = await this.getImage(id);
+    if (!rec) return;
+    const names = this.sub('name');
+    for (const n of rec.names) if ((await names.get(n)) === id) await names.del(n);
+    await this.sub('image').del(id);
+  }
+  async listImages(): Promise<ImageRecord[]> {
+    return (await this.sub('image').values().all()) as ImageRecord[];
+  }
+  async imageIdByName(name: string): Promise<string | undefined> {
+    return (await this.sub('name').get(name)) as string | undefined;
+  }
+
+  // ---- meta
+  async getMeta<T>(key: string): Promise<T | undefined> {
+    return (await this.sub('meta').get(key)) as T | undefined;
+  }
+  async putMeta(key: string, value: unknown): Promise<void> {
+    await this.sub('meta').put(key, value);
+  }
+
+  /** Drop everything (before a rebuild). */
+  async clear(): Promise<void> {
+    await this.db.clear();
+  }
+}

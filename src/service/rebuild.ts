@@ -1,0 +1,99 @@
+import { logger } from '../common/log.js';
+import type { Index, IndexedLayer } from '../index/index.js';
+import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+
+export interface StoreSnapshot {
+  layers: Map<string, LayerRecord>;
+  images: Map<string, ImageRecord>;
+  /** Entries that are on the store but not usable yet (incomplete) or never (junk). */
+  notReady: string[];
+  junk: string[];
+}
+
+/**
+ * Read what the store holds that is ready, in seed 000's order (overlay, overlay-layers,
+ * overlay-images): a layer is ready when its layer.json parses, its data dir exists and its parent
+ * is ready; an image when its record parses and all its layers are ready. RW layers are local.
+ */
+export async function readStore(store: Store): Promise<StoreSnapshot> {
+  const notReady: string[] = [];
+  const junk: string[] = [];
+  const dataIds = new Set((await store.listSharedIds('overlay')).ids);
+  const metaList = await store.listSharedIds('overlay-layers');
+  junk.push(...metaList.junk.map((n) => `overlay-layers/${n}`));
+  const candidates = new Map<string, LayerRecord>();
+  for (const id of metaList.ids) {
+    const rec = await store.readSharedLayer(id);
+    if (!rec || rec.id !== id || rec.rw) {
+      notReady.push(`overlay-layers/${id}`);
+      continue;
+    }
+    if (!dataIds.has(id)) {
+      notReady.push(`overlay/${id}`);
+      continue;
+    }
+    candidates.set(id, rec);
+  }
+  // parents first: a layer is ready only when its whole chain is
+  const layers = new Map<string, LayerRecord>();
+  const readyCheck = (id: string, depth = 0): boolean => {
+    if (layers.has(id)) return true;
+    const rec = candidates.get(id);
+    if (!rec || depth > 1000) return false;
+    if (rec.parent && !readyCheck(rec.parent, depth + 1)) return false;
+    layers.set(id, rec);
+    return true;
+  };
+  for (const id of candidates.keys()) if (!readyCheck(id)) notReady.push(`overlay-layers/${id} (parent not ready)`);
+  for (const id of await store.listLocalRWIds()) {
+    const rec = await store.readLocalLayer(id);
+    if (rec && rec.rw && rec.id === id) layers.set(id, rec);
+    else junk.push(`local overlay-layers/${id}`);
+  }
+  const images = new Map<string, ImageRecord>();
+  const imgList = await store.listSharedIds('overlay-images');
+  junk.push(...imgList.junk.map((n) => `overlay-images/${n}`));
+  for (const id of imgList.ids) {
+    const rec = await store.readSharedImage(id);
+    if (!rec || rec.id !== id) {
+      notReady.push(`overlay-images/${id}`);
+      continue;
+    }
+    if (!rec.layers.every((l) => layers.has(l) && !layers.get(l)!.rw)) {
+      notReady.push(`overlay-images/${id} (layers not ready)`);
+      continue;
+    }
+    images.set(id, rec);
+  }
+  return { layers, images, notReady, junk };
+}
+
+/** Rebuild the index from the disk; make (and prune) this host's RO symlinks to match. */
+export async function rebuildIndex(store: Store, index: Index): Promise<StoreSnapshot> {
+  const snap = await readStore(store);
+  const old = new Map((await index.listLayers()).map((l) => [l.id, l] as const));
+  await index.clear();
+  for (const rec of snap.layers.values()) {
+    if (!rec.rw) await store.linkLocal(rec.id, 'layer');
+    await index.putLayer(rec);
+  }
+  // RW layers whose RO parents vanished keep the parents listed, marked missing
+  for (const rec of snap.layers.values()) {
+    let p = rec.parent;
+    while (p && !snap.layers.has(p)) {
+      const gone = old.get(p);
+      if (!gone) break;
+      const missing: IndexedLayer = { ...gone, missing: true };
+      await index.putLayer(missing);
+      p = gone.parent;
+    }
+  }
+  for (const rec of snap.images.values()) {
+    await store.linkLocal(rec.id, 'image');
+    await index.putImage(rec);
+  }
+  for (const id of await store.listLocalLinks('overlay-layers')) if (!snap.layers.has(id)) await store.unlinkLocal(id, 'layer');
+  for (const id of await store.listLocalLinks('overlay-images')) if (!snap.images.has(id)) await store.unlinkLocal(id, 'image');
+  if (snap.junk.length) logger().warn({ junk: snap.junk }, 'ignored entries that are not layerfs records');
+  return snap;
+}

@@ -1,10 +1,44 @@
 import type { CommandModule } from 'yargs';
+import { LayerfsError } from '../common/errors.js';
+import { parseMountOptions } from '../fuse/options.js';
+import { spawnServer } from '../fuse/spawn.js';
 
-/** `layerfs fuse -o lowerdir=A:B,upperdir=U,workdir=W MNT` — owned by the FUSE work (src/fuse). Placeholder until it lands. */
-export const fuseCommand: CommandModule = {
-  command: 'fuse',
-  describe: 'serve a FUSE overlay mount (fuse-overlayfs compatible command line)',
-  handler: () => {
-    throw new Error('not built yet');
+interface FuseArgs {
+  mountpoint: string;
+  o?: string | string[];
+  f?: boolean;
+  d?: boolean;
+}
+
+/**
+ * `layerfs fuse -o lowerdir=A:B,upperdir=U,workdir=W MNT` — fuse-overlayfs' command line. Returns when the mount
+ * is ready; the mount is served by its own background process (src/fuse/server-main). `-f` serves in the foreground.
+ * `umount MNT` / `fusermount -u MNT` or SIGTERM to the server ends it.
+ */
+export const fuseCommand: CommandModule<object, FuseArgs> = {
+  command: 'fuse <mountpoint>',
+  describe: 'mount an overlay with the FUSE driver (fuse-overlayfs compatible command line)',
+  builder: (y) =>
+    y
+      .positional('mountpoint', { type: 'string', demandOption: true, describe: 'where to mount' })
+      .option('o', { type: 'string', array: true, describe: 'lowerdir=A:B (top first),upperdir=U,workdir=W[,...]' })
+      .option('f', { type: 'boolean', default: false, describe: 'stay in the foreground' })
+      .option('d', { type: 'boolean', default: false, describe: 'debug: foreground with libfuse tracing' }) as never,
+  handler: async (argv) => {
+    const opts = ([] as string[]).concat(argv.o ?? []);
+    parseMountOptions(opts, argv.mountpoint); // usage errors before anything starts
+    const args = [...opts.flatMap((o) => ['-o', o]), ...(argv.d ? ['-d'] : []), argv.mountpoint];
+    if (argv.f || argv.d) {
+      // foreground: this process becomes the server
+      const { serverMain } = await import('../fuse/server-cli.js');
+      await serverMain(['-f', ...args]);
+      return;
+    }
+    try {
+      await spawnServer(args);
+    } catch (err) {
+      if (err instanceof LayerfsError) throw err;
+      throw new LayerfsError('EMOUNT', 'fuse', (err as Error).message);
+    }
   },
 };

@@ -1,0 +1,28 @@
+/** POSIX errors of the overlay core: every failure the core reports carries an errno code (e.g. 'ENOENT'). */
+import { constants } from 'node:os';
+
+export class FsError extends Error {
+  readonly code: string;
+  constructor(code: string, what = '') {
+    super(what ? `${code}: ${what}` : code);
+    this.code = code;
+    this.name = 'FsError';
+  }
+}
+
+export const fsErr = (code: string, what?: string): FsError => new FsError(code, what);
+
+/** The positive errno for any thrown value (Node fs errors, FsError, native addon errors); EIO when unknown. */
+export function errnoOf(err: unknown): number {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (typeof code === 'string') {
+    const n = (constants.errno as Record<string, number>)[code];
+    if (typeof n === 'number') return n;
+  }
+  return constants.errno.EIO;
+}
+
+export function isCode(err: unknown, ...codes: string[]): boolean {
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  return typeof code === 'string' && codes.includes(code);
+}

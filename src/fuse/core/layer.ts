@@ -1,0 +1,106 @@
+/**
+ * Read-only lower layers: they never change while mounted, so each directory's listing is read once and cached,
+ * and lookups in a lower dir are answered from memory. A lower dir is addressed as { layer, path }.
+ */
+import { readdir, lstat } from 'node:fs/promises';
+import path from 'node:path';
+import { isWhiteoutStat, whiteoutTarget, WH_OPAQUE } from './whiteout.js';
+
+export interface LowerDir {
+  layer: number; // index into Overlay.lowers (0 = top lower)
+  path: string; // absolute path of the directory inside that layer
+}
+
+/** Entry kinds in a lower listing: d = dir, w = whiteout (char 0/0), o = anything else. */
+export type LowerKind = 'd' | 'w' | 'o';
+
+export interface LowerListing {
+  /** Real entries (no whiteouts of either form, no opaque marker). */
+  entries: Map<string, LowerKind>;
+  /** Names hidden in layers below by this dir: char 0/0 whiteouts and `.wh.NAME` files. */
+  whiteouts: Set<string>;
+  /** `.wh..wh..opq` present. */
+  opaqueFile: boolean;
+}
+
+export class LowerCache {
+  private listings = new Map<string, Promise<LowerListing>>();
+
+  listing(dir: string): Promise<LowerListing> {
+    let p = this.listings.get(dir);
+    if (!p) {
+      p = readListing(dir);
+      this.listings.set(dir, p);
+      p.catch(() => this.listings.delete(dir));
+    }
+    return p;
+  }
+}
+
+async function readListing(dir: string): Promise<LowerListing> {
+  const out: LowerListing = { entries: new Map(), whiteouts: new Set(), opaqueFile: false };
+  const dirents = await readdir(dir, { withFileTypes: true });
+  for (const d of dirents) {
+    const name = d.name;
+    if (name === WH_OPAQUE) {
+      out.opaqueFile = true;
+      continue;
+    }
+    const hidden = whiteoutTarget(name);
+    if (hidden !== null) {
+      out.whiteouts.add(hidden);
+      continue;
+    }
+    let kind: LowerKind;
+    if (d.isDirectory()) kind = 'd';
+    else if (d.isCharacterDevice()) kind = isWhiteoutStat(await lstat(path.join(dir, name))) ? 'w' : 'o';
+    else if (d.isFile() || d.isSymbolicLink() || d.isBlockDevice() || d.isFIFO() || d.isSocket()) kind = 'o';
+    else {
+      const st = await lstat(path.join(dir, name)); // DT_UNKNOWN (some network filesystems)
+      kind = st.isDirectory() ? 'd' : isWhiteoutStat(st) ? 'w' : 'o';
+    }
+    if (kind === 'w') out.whiteouts.add(name);
+    else out.entries.set(name, kind);
+  }
+  return out;
+}
+
+/**
+ * Hardlink aliases inside one lower layer: inode -> relative paths. Built by one walk of the layer, only when a
+ * file with st_nlink > 1 is copied up (so that its other names keep sharing the copied-up inode).
+ */
+export class AliasIndex {
+  private byLayer = new Map<number, Promise<Map<string, string[]>>>();
+
+  aliases(layer: number, root: string, dev: number, ino: number): Promise<string[]> {
+    let p = this.byLayer.get(layer);
+    if (!p) {
+      p = walkLayer(root);
+      this.byLayer.set(layer, p);
+    }
+    return p.then((m) => m.get(`${dev}:${ino}`) ?? []);
+  }
+}
+
+async function walkLayer(root: string): Promise<Map<string, string[]>> {
+  const out = new Map<string, string[]>();
+  const stack = [''];
+  while (stack.length) {
+    const rel = stack.pop()!;
+    const dirents = await readdir(path.join(root, rel), { withFileTypes: true });
+    for (const d of dirents) {
+      const r = rel ? `${rel}/${d.name}` : d.name;
+      if (d.isDirectory()) {
+        stack.push(r);
+        continue;
+      }
+      const st = await lstat(path.join(root, r));
+      if (st.nlink < 2) continue;
+      const k = `${st.dev}:${st.ino}`;
+      const list = out.get(k);
+      if (list) list.push(r);
+      else out.set(k, [r]);
+    }
+  }
+  return out;
+}

@@ -1,0 +1,87 @@
+/**
+ * The inode cache of the overlay: one Node per merged file, keyed by its inode number (the node id handed to
+ * transports). A node lives for the life of the mount, so its inode number is stable, also across copy-up.
+ */
+import type { Stats } from 'node:fs';
+import type { LowerDir } from './layer.js';
+
+export type Kind = 'dir' | 'file' | 'symlink' | 'other';
+
+export function kindOf(st: Stats): Kind {
+  if (st.isDirectory()) return 'dir';
+  if (st.isFile()) return 'file';
+  if (st.isSymbolicLink()) return 'symlink';
+  return 'other';
+}
+
+/** One name of a node: (parent dir node, entry name). Dirs have exactly one; files one per hardlink seen. */
+export interface Link {
+  parent: Node;
+  name: string;
+}
+
+export class Node {
+  readonly ino: number;
+  kind: Kind;
+  /** Names known to lead here. links[0] is the one used to reach the upper copy. The root has none. */
+  links: Link[] = [];
+  /** Present in the upper layer (at upperPath). */
+  upper: boolean;
+  /** Non-dirs not yet copied up: the lower file and its layer index. */
+  lowerPath: string | null = null;
+  lowerLayer = -1;
+  /** Dirs: the lower dirs merged under this one, top first (empty when opaque or pure upper). */
+  lowerDirs: LowerDir[] = [];
+  /** Dirs: cached lookups; null = known absent. */
+  readonly children = new Map<string, Node | null>();
+  /** Bumped by every change of this dir's entries, so a racing lookup knows to retry. */
+  gen = 0;
+  /** Removed from the namespace (rmdir, or last known name unlinked). */
+  removed = false;
+  /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink. */
+  nlinkDelta = 0;
+  /** Identity keys in the overlay's key map (lower and/or upper dev:ino). */
+  keys: string[] = [];
+
+  constructor(ino: number, kind: Kind, upper: boolean) {
+    this.ino = ino;
+    this.kind = kind;
+    this.upper = upper;
+  }
+
+  addLink(parent: Node, name: string): void {
+    if (!this.links.some((l) => l.parent === parent && l.name === name)) this.links.push({ parent, name });
+  }
+
+  removeLink(parent: Node, name: string): void {
+    this.links = this.links.filter((l) => !(l.parent === parent && l.name === name));
+  }
+
+  /** Is `this` (a dir) `other` or one of its ancestors? */
+  isAncestorOf(other: Node): boolean {
+    for (let n: Node | undefined = other; n; n = n.links[0]?.parent) if (n === this) return true;
+    return false;
+  }
+}
+
+/** What getattr returns: a local filesystem's stat, with the overlay's inode number. */
+export interface NodeStat {
+  ino: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  size: number;
+  blksize: number;
+  blocks: number;
+  atimeMs: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+export interface DirEntry {
+  name: string;
+  ino: number;
+  kind: Kind;
+}

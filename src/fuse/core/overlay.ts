@@ -1,0 +1,908 @@
+/**
+ * The overlay core: N read-only lower dirs and one upper dir merged with kernel overlayfs semantics, addressed by
+ * node id (= inode number). It knows nothing of any FUSE transport; every method either resolves or throws an
+ * error carrying an errno code (FsError or a Node fs error), which transports turn into an errno reply.
+ *
+ * Concurrency: lookups, getattr, readdir and I/O run concurrently; namespace changes, setattr and copy-up run one
+ * at a time under `lock`. A lookup racing a change of the same dir notices through the dir's `gen` and retries.
+ */
+import type { Stats } from 'node:fs';
+import { constants as fsc } from 'node:fs';
+import {
+  chmod,
+  lchown,
+  link,
+  lstat,
+  lutimes,
+  mkdir,
+  open,
+  readdir,
+  readlink,
+  rename,
+  rm,
+  statfs,
+  symlink,
+  truncate,
+  unlink,
+  type FileHandle,
+} from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { native, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../../common/native.js';
+import { copyUp, copyUpTree, major, minor, type CopyUpHost, type CopyUpOptions } from './copyup.js';
+import { fsErr, isCode } from './errors.js';
+import { AliasIndex, LowerCache, type LowerDir } from './layer.js';
+import { Mutex } from './mutex.js';
+import { kindOf, Node, type DirEntry, type NodeStat } from './node.js';
+import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
+import { isPrivateXattr, listVisible } from './xattr.js';
+
+export interface OverlayOptions {
+  /** Lower dirs, top first. */
+  lowerdirs: string[];
+  upperdir?: string;
+  workdir?: string;
+}
+
+export const ROOT_ID = 1;
+const NAME_MAX = 255;
+const O_ACCMODE = 3;
+
+interface Resolution {
+  st: Stats;
+  upper: boolean;
+  lowerPath: string | null;
+  lowerLayer: number;
+  lowerDirs: LowerDir[];
+}
+
+interface Handle {
+  node: Node;
+  fd: FileHandle;
+  upper: boolean;
+  flags: number;
+}
+
+export interface StatFs {
+  bsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  namemax: number;
+}
+
+export class Overlay implements CopyUpHost {
+  readonly lowers: string[];
+  readonly upper: string | null;
+  readonly work: string | null;
+  readonly root: Node;
+  readonly aliases = new AliasIndex();
+  private readonly lowerCache = new LowerCache();
+  private readonly nodes = new Map<number, Node>();
+  private readonly byKey = new Map<string, Node>();
+  private readonly handles = new Map<number, Handle>();
+  private readonly lock = new Mutex();
+  private nextIno = ROOT_ID + 1;
+  private nextFh = 1;
+  private tmpSeq = 0;
+
+  private constructor(opts: OverlayOptions, rootStat: Stats) {
+    this.lowers = opts.lowerdirs;
+    this.upper = opts.upperdir ?? null;
+    this.work = opts.workdir ? path.join(opts.workdir, 'work') : null;
+    this.root = new Node(ROOT_ID, 'dir', this.upper !== null);
+    this.root.lowerDirs = this.lowers.map((p, layer) => ({ layer, path: p }));
+    this.nodes.set(ROOT_ID, this.root);
+    void rootStat;
+  }
+
+  /** Checks the dirs and prepares the workdir; reads nothing else (lookups are lazy). */
+  static async open(opts: OverlayOptions): Promise<Overlay> {
+    if (opts.lowerdirs.length === 0) throw fsErr('EINVAL', 'no lowerdir');
+    const abs = (p: string) => path.resolve(p);
+    const o: OverlayOptions = { lowerdirs: opts.lowerdirs.map(abs), upperdir: opts.upperdir && abs(opts.upperdir), workdir: opts.workdir && abs(opts.workdir) };
+    for (const d of [...o.lowerdirs, ...(o.upperdir ? [o.upperdir] : [])]) {
+      const st = await lstat(d).catch(() => null);
+      if (!st?.isDirectory()) throw fsErr('ENOTDIR', `${d} is not a directory`);
+    }
+    if (o.upperdir) {
+      if (!o.workdir) throw fsErr('EINVAL', 'upperdir needs a workdir');
+      const wst = await lstat(o.workdir).catch(() => null);
+      if (!wst?.isDirectory()) throw fsErr('ENOTDIR', `${o.workdir} is not a directory`);
+      const ust = await lstat(o.upperdir);
+      if (wst.dev !== ust.dev) throw fsErr('EXDEV', 'upperdir and workdir must be on the same filesystem');
+      const work = path.join(o.workdir, 'work');
+      await rm(work, { recursive: true, force: true });
+      await mkdir(work, { mode: 0o700 });
+    }
+    const rootStat = await lstat(o.upperdir ?? o.lowerdirs[0]);
+    return new Overlay(o, rootStat);
+  }
+
+  get readonly(): boolean {
+    return this.upper === null;
+  }
+
+  // ---- node table -------------------------------------------------------------------------------------------
+
+  node(id: number): Node {
+    const n = this.nodes.get(id);
+    if (!n) throw fsErr('ESTALE', `no inode ${id}`);
+    return n;
+  }
+
+  private dirNode(id: number): Node {
+    const n = this.node(id);
+    if (n.kind !== 'dir') throw fsErr('ENOTDIR');
+    return n;
+  }
+
+  private newNode(kind: Node['kind'], upper: boolean): Node {
+    const n = new Node(this.nextIno++, kind, upper);
+    this.nodes.set(n.ino, n);
+    return n;
+  }
+
+  private setKey(n: Node, key: string): void {
+    this.byKey.set(key, n);
+    if (!n.keys.includes(key)) n.keys.push(key);
+  }
+
+  private dropUpperKey(n: Node): void {
+    for (const k of n.keys) if (k.startsWith('u:') && this.byKey.get(k) === n) this.byKey.delete(k);
+    n.keys = n.keys.filter((k) => !k.startsWith('u:'));
+  }
+
+  registerUpper(n: Node, st: Stats): void {
+    if (n.kind !== 'dir') this.setKey(n, `u:${st.dev}:${st.ino}`);
+  }
+
+  // ---- paths ------------------------------------------------------------------------------------------------
+
+  upperPath(n: Node): string {
+    if (!this.upper) throw fsErr('EROFS');
+    if (n === this.root) return this.upper;
+    const lk = n.links[0];
+    if (!lk) throw fsErr('ENOENT', `inode ${n.ino} has no name`);
+    return path.join(this.upperPath(lk.parent), lk.name);
+  }
+
+  private realPath(n: Node): string {
+    if (n.upper) return this.upperPath(n);
+    const p = n.kind === 'dir' ? n.lowerDirs[0]?.path : n.lowerPath;
+    if (!p) throw fsErr('EIO', `inode ${n.ino} has no layer`);
+    return p;
+  }
+
+  tmpPath(): string {
+    if (!this.work) throw fsErr('EROFS');
+    return path.join(this.work, `#${process.pid.toString(16)}.${(this.tmpSeq++).toString(16)}.${randomBytes(3).toString('hex')}`);
+  }
+
+  lowerRoot(layer: number): string {
+    return this.lowers[layer];
+  }
+
+  // ---- lookup -----------------------------------------------------------------------------------------------
+
+  private static checkName(name: string): void {
+    if (Buffer.byteLength(name) > NAME_MAX) throw fsErr('ENAMETOOLONG');
+    if (name === '' || name === '.' || name === '..' || name.includes('/')) throw fsErr('EINVAL', `bad name ${JSON.stringify(name)}`);
+  }
+
+  /** The node named `name` in dir `parentId`, or null. Cached; lowers are resolved top-down on first use. */
+  async lookup(parentId: number, name: string): Promise<Node | null> {
+    Overlay.checkName(name);
+    return this.lookupIn(this.dirNode(parentId), name);
+  }
+
+  private async lookupIn(p: Node, name: string): Promise<Node | null> {
+    if (p.removed) return null;
+    for (let attempt = 0; ; attempt++) {
+      const cached = p.children.get(name);
+      if (cached !== undefined) return cached;
+      const gen = p.gen;
+      const res = await this.resolve(p, name);
+      if (p.gen !== gen && attempt < 8) continue;
+      const again = p.children.get(name);
+      if (again !== undefined) return again;
+      const n = res ? this.materialize(p, name, res) : null;
+      p.children.set(name, n);
+      return n;
+    }
+  }
+
+  /** Walk a '/'-separated path from the root ('' or '/' = root). */
+  async lookupPath(rel: string): Promise<Node | null> {
+    let n: Node | null = this.root;
+    for (const part of rel.split('/')) {
+      if (!part) continue;
+      if (n.kind !== 'dir') return null;
+      n = await this.lookupIn(n, part);
+      if (!n) return null;
+    }
+    return n;
+  }
+
+  private materialize(p: Node, name: string, r: Resolution): Node {
+    const kind = kindOf(r.st);
+    if (kind === 'dir') {
+      const n = this.newNode('dir', r.upper);
+      n.lowerDirs = r.lowerDirs;
+      n.links = [{ parent: p, name }];
+      return n;
+    }
+    const key = r.upper ? `u:${r.st.dev}:${r.st.ino}` : `l${r.lowerLayer}:${r.st.dev}:${r.st.ino}`;
+    const known = this.byKey.get(key);
+    if (known && known.kind === kind) {
+      known.removed = false;
+      known.addLink(p, name);
+      return known;
+    }
+    const n = this.newNode(kind, r.upper);
+    n.lowerPath = r.lowerPath;
+    n.lowerLayer = r.lowerLayer;
+    n.links = [{ parent: p, name }];
+    this.setKey(n, key);
+    return n;
+  }
+
+  private async resolve(p: Node, name: string): Promise<Resolution | null> {
+    let res: Resolution | null = null;
+    if (p.upper) {
+      const dir = this.upperPath(p);
+      const st = await lstatOrNull(path.join(dir, name));
+      if (st) {
+        if (isWhiteoutStat(st)) return null;
+        res = { st, upper: true, lowerPath: null, lowerLayer: -1, lowerDirs: [] };
+        if (!st.isDirectory()) return res;
+        if (await isOpaqueDir(path.join(dir, name))) return res;
+        if (await lstatOrNull(path.join(dir, WH_PREFIX + name))) return res;
+      } else if (await lstatOrNull(path.join(dir, WH_PREFIX + name))) {
+        return null;
+      }
+    }
+    return this.resolveLowers(p, name, res);
+  }
+
+  /** Continue a resolution through p's lower dirs. With res = null: is the name positive in the lowers? */
+  private async resolveLowers(p: Node, name: string, res: Resolution | null): Promise<Resolution | null> {
+    for (const ld of p.lowerDirs) {
+      const listing = await this.lowerCache.listing(ld.path);
+      const kind = listing.entries.get(name);
+      if (kind === undefined) {
+        if (listing.whiteouts.has(name)) return res;
+        continue;
+      }
+      const full = path.join(ld.path, name);
+      if (kind !== 'd') {
+        if (res) return res; // an upper/higher dir over a lower non-dir: stop merging
+        return { st: await lstat(full), upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
+      }
+      if (res && !res.st.isDirectory()) return res;
+      if (!res) res = { st: await lstat(full), upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
+      res.lowerDirs.push({ layer: ld.layer, path: full });
+      if (listing.whiteouts.has(name)) return res; // `.wh.X` beside X: X is new in this layer
+      if (await isOpaqueDir(full)) return res;
+    }
+    return res;
+  }
+
+  private async lowerPositive(p: Node, name: string): Promise<boolean> {
+    return (await this.resolveLowers(p, name, null)) !== null;
+  }
+
+  // ---- attributes -------------------------------------------------------------------------------------------
+
+  async getattr(id: number): Promise<NodeStat> {
+    const n = this.node(id);
+    return this.statOf(n, await lstat(this.realPath(n)));
+  }
+
+  private statOf(n: Node, st: Stats): NodeStat {
+    let nlink = st.nlink;
+    if (n.kind === 'dir') {
+      // like the kernel: merged dirs report 1 (their real count is unknown without a full merge)
+      if ((n.upper && n.lowerDirs.length > 0) || n.lowerDirs.length > 1) nlink = 1;
+    } else if (!n.upper) {
+      nlink = Math.max(0, nlink + n.nlinkDelta);
+    }
+    return {
+      ino: n.ino,
+      mode: st.mode,
+      nlink,
+      uid: st.uid,
+      gid: st.gid,
+      rdev: st.rdev,
+      size: st.size,
+      blksize: st.blksize,
+      blocks: st.blocks,
+      atimeMs: st.atimeMs,
+      mtimeMs: st.mtimeMs,
+      ctimeMs: st.ctimeMs,
+    };
+  }
+
+  async readlink(id: number): Promise<string> {
+    const n = this.node(id);
+    if (n.kind !== 'symlink') throw fsErr('EINVAL');
+    return readlink(this.realPath(n));
+  }
+
+  async access(id: number, _mode: number): Promise<void> {
+    this.node(id); // existence; permission bits are checked by the kernel (default_permissions)
+  }
+
+  async statfs(): Promise<StatFs> {
+    const s = await statfs(this.upper ?? this.lowers[0]);
+    return { bsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, namemax: NAME_MAX };
+  }
+
+  // ---- readdir ----------------------------------------------------------------------------------------------
+
+  /** Visible names of a merged dir: upper first, then each lower; whiteouts of both forms applied, never shown. */
+  private async mergedNames(d: Node): Promise<string[]> {
+    const seen = new Set<string>();
+    const hidden = new Set<string>();
+    const out: string[] = [];
+    if (d.upper) {
+      const dir = this.upperPath(d);
+      for (const e of await readdir(dir, { withFileTypes: true })) {
+        if (e.name === WH_OPAQUE) continue;
+        const t = whiteoutTarget(e.name);
+        if (t !== null) {
+          hidden.add(t);
+          continue;
+        }
+        if (e.isCharacterDevice()) {
+          const st = await lstatOrNull(path.join(dir, e.name));
+          if (st && isWhiteoutStat(st)) {
+            hidden.add(e.name);
+            continue;
+          }
+        }
+        seen.add(e.name);
+        out.push(e.name);
+      }
+    }
+    for (const ld of d.lowerDirs) {
+      const listing = await this.lowerCache.listing(ld.path);
+      for (const name of listing.entries.keys()) {
+        if (seen.has(name) || hidden.has(name)) continue;
+        seen.add(name);
+        out.push(name);
+      }
+      for (const w of listing.whiteouts) hidden.add(w);
+    }
+    return out;
+  }
+
+  async readdir(id: number): Promise<DirEntry[]> {
+    const d = this.dirNode(id);
+    const names = await this.mergedNames(d);
+    const nodes = await mapLimit(names, 32, (name) => this.lookupIn(d, name).catch(() => null));
+    const out: DirEntry[] = [];
+    names.forEach((name, i) => {
+      const n = nodes[i];
+      if (n) out.push({ name, ino: n.ino, kind: n.kind });
+    });
+    return out;
+  }
+
+  async childNodes(dir: Node): Promise<Node[]> {
+    const names = await this.mergedNames(dir);
+    const out: Node[] = [];
+    for (const name of names) {
+      const n = await this.lookupIn(dir, name);
+      if (n) out.push(n);
+    }
+    return out;
+  }
+
+  // ---- helpers for changes ----------------------------------------------------------------------------------
+
+  private writable(): void {
+    if (this.readonly) throw fsErr('EROFS');
+  }
+
+  private copyUp(n: Node, opts?: CopyUpOptions): Promise<void> {
+    return copyUp(this, n, opts);
+  }
+
+  private touched(p: Node): void {
+    p.gen++;
+  }
+
+  /**
+   * Create a new entry `name` in dir p through `make(path)`. Over an upper whiteout (or a `.wh.` file) the entry
+   * is made under a temp name in the workdir and renamed into place; a dir made there is opaque (as the kernel does).
+   */
+  private async placeNew(p: Node, name: string, isDir: boolean, make: (target: string) => Promise<void>): Promise<Node> {
+    await this.copyUp(p);
+    const dir = this.upperPath(p);
+    const target = path.join(dir, name);
+    const ust = await lstatOrNull(target);
+    const upperWhiteout = ust !== null && isWhiteoutStat(ust);
+    if (ust && !upperWhiteout) throw fsErr('EEXIST');
+    const whFile = path.join(dir, WH_PREFIX + name);
+    const hasWhFile = (await lstatOrNull(whFile)) !== null;
+    this.touched(p);
+    if (!upperWhiteout && !hasWhFile) {
+      await make(target);
+    } else {
+      const tmp = this.tmpPath();
+      await make(tmp);
+      try {
+        if (isDir) setOpaque(tmp);
+        if (upperWhiteout && isDir) {
+          native.renameat2(tmp, target, RENAME_EXCHANGE);
+          await unlink(tmp); // now the old whiteout
+        } else if (upperWhiteout) {
+          await rename(tmp, target);
+        } else {
+          native.renameat2(tmp, target, RENAME_NOREPLACE);
+        }
+      } catch (err) {
+        await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+        throw err;
+      }
+      if (hasWhFile) await unlink(whFile).catch(() => undefined); // we write only the kernel's format
+    }
+    p.children.delete(name);
+    const n = await this.lookupIn(p, name);
+    if (!n) throw fsErr('EIO', `created ${name} is not visible`);
+    return n;
+  }
+
+  private async mustBeAbsent(p: Node, name: string): Promise<void> {
+    Overlay.checkName(name);
+    if (p.removed) throw fsErr('ENOENT');
+    if (await this.lookupIn(p, name)) throw fsErr('EEXIST');
+  }
+
+  // ---- namespace changes ------------------------------------------------------------------------------------
+
+  async mkdir(parentId: number, name: string, mode: number): Promise<Node> {
+    return this.lock.run(async () => {
+      const p = this.dirNode(parentId);
+      await this.mustBeAbsent(p, name);
+      this.writable();
+      return this.placeNew(p, name, true, (t) => mkdir(t, { mode: mode & 0o7777 }));
+    });
+  }
+
+  async mknod(parentId: number, name: string, mode: number, rdev: number): Promise<Node> {
+    return this.lock.run(async () => {
+      const p = this.dirNode(parentId);
+      await this.mustBeAbsent(p, name);
+      this.writable();
+      return this.placeNew(p, name, false, async (t) => {
+        if ((mode & fsc.S_IFMT) === fsc.S_IFREG || (mode & fsc.S_IFMT) === 0) await (await open(t, 'wx', mode & 0o7777)).close();
+        else native.mknod(t, mode, major(rdev), minor(rdev));
+      });
+    });
+  }
+
+  async symlink(parentId: number, name: string, target: string): Promise<Node> {
+    return this.lock.run(async () => {
+      const p = this.dirNode(parentId);
+      await this.mustBeAbsent(p, name);
+      this.writable();
+      return this.placeNew(p, name, false, (t) => symlink(target, t));
+    });
+  }
+
+  /** Create and open a regular file; returns the node and a handle for read/write. */
+  async create(parentId: number, name: string, mode: number, flags = fsc.O_RDWR): Promise<{ node: Node; fh: number }> {
+    return this.lock.run(async () => {
+      const p = this.dirNode(parentId);
+      await this.mustBeAbsent(p, name);
+      this.writable();
+      let fd: FileHandle | undefined;
+      try {
+        const n = await this.placeNew(p, name, false, async (t) => {
+          fd = await open(t, fsc.O_CREAT | fsc.O_EXCL | openFlags(flags), mode & 0o7777);
+        });
+        return { node: n, fh: this.addHandle(n, fd!, true, flags) };
+      } catch (err) {
+        await fd?.close().catch(() => undefined);
+        throw err;
+      }
+    });
+  }
+
+  async link(id: number, newParentId: number, newName: string): Promise<Node> {
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      const p = this.dirNode(newParentId);
+      if (n.kind === 'dir') throw fsErr('EPERM');
+      await this.mustBeAbsent(p, newName);
+      this.writable();
+      await this.copyUp(n);
+      const src = this.upperPath(n);
+      return this.placeNew(p, newName, false, (t) => link(src, t));
+    });
+  }
+
+  async unlink(parentId: number, name: string): Promise<void> {
+    return this.lock.run(async () => {
+      const p = this.dirNode(parentId);
+      Overlay.checkName(name);
+      const n = await this.lookupIn(p, name);
+      if (!n) throw fsErr('ENOENT');
+      if (n.kind === 'dir') throw fsErr('EISDIR');
+      this.writable();
+      await this.copyUp(p);
+      const target = path.join(this.upperPath(p), name);
+      const wh = await this.lowerPositive(p, name);
+      this.touched(p);
+      if (n.upper) {
+        const st = await lstat(target);
+        if (wh) this.replaceWithWhiteout(target);
+        else await unlink(target);
+        if (st.nlink <= 1) this.dropUpperKey(n);
+      } else {
+        makeWhiteout(target);
+        n.nlinkDelta--;
+      }
+      n.removeLink(p, name);
+      if (n.links.length === 0) n.removed = true;
+      p.children.set(name, null);
+    });
+  }
+
+  /** Atomically replace the upper entry at target with a whiteout. */
+  private replaceWithWhiteout(target: string): void {
+    const tmp = this.tmpPath();
+    makeWhiteout(tmp);
+    try {
+      native.renameat2(tmp, target, 0);
+    } catch (err) {
+      void rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  async rmdir(parentId: number, name: string): Promise<void> {
+    return this.lock.run(async () => {
+      const p = this.dirNode(parentId);
+      Overlay.checkName(name);
+      const n = await this.lookupIn(p, name);
+      if (!n) throw fsErr('ENOENT');
+      if (n.kind !== 'dir') throw fsErr('ENOTDIR');
+      if ((await this.mergedNames(n)).length > 0) throw fsErr('ENOTEMPTY');
+      this.writable();
+      await this.copyUp(p);
+      const target = path.join(this.upperPath(p), name);
+      const wh = await this.lowerPositive(p, name);
+      this.touched(p);
+      if (n.upper) {
+        const tmp = this.tmpPath();
+        if (wh) {
+          makeWhiteout(tmp);
+          native.renameat2(tmp, target, RENAME_EXCHANGE);
+        } else {
+          await rename(target, tmp);
+        }
+        await rm(tmp, { recursive: true, force: true }); // the old upper dir: only whiteouts were left in it
+      } else {
+        makeWhiteout(target);
+      }
+      this.forget(n);
+      p.children.set(name, null);
+    });
+  }
+
+  private forget(n: Node): void {
+    n.removed = true;
+    n.links = [];
+    n.children.clear();
+  }
+
+  /** rename(2) / renameat2(2) with RENAME_NOREPLACE or RENAME_EXCHANGE. */
+  async rename(parentId: number, name: string, newParentId: number, newName: string, flags = 0): Promise<void> {
+    return this.lock.run(async () => {
+      const sp = this.dirNode(parentId);
+      const dp = this.dirNode(newParentId);
+      Overlay.checkName(name);
+      Overlay.checkName(newName);
+      if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsErr('EINVAL');
+      if (flags & RENAME_NOREPLACE && flags & RENAME_EXCHANGE) throw fsErr('EINVAL');
+      const src = await this.lookupIn(sp, name);
+      if (!src) throw fsErr('ENOENT');
+      if (dp.removed) throw fsErr('ENOENT');
+      const dst = await this.lookupIn(dp, newName);
+      if (src.kind === 'dir' && src.isAncestorOf(dp)) throw fsErr('EINVAL');
+      if (flags & RENAME_EXCHANGE) {
+        if (!dst) throw fsErr('ENOENT');
+        if (dst.kind === 'dir' && dst.isAncestorOf(sp)) throw fsErr('EINVAL');
+        if (src === dst) return;
+        this.writable();
+        return this.exchange(sp, name, src, dp, newName, dst);
+      }
+      if (dst) {
+        if (flags & RENAME_NOREPLACE) throw fsErr('EEXIST');
+        if (src === dst) return; // same inode (or same name): nothing to do
+        if (src.kind === 'dir' && dst.kind !== 'dir') throw fsErr('ENOTDIR');
+        if (src.kind !== 'dir' && dst.kind === 'dir') throw fsErr('EISDIR');
+        if (dst.kind === 'dir' && (await this.mergedNames(dst)).length > 0) throw fsErr('ENOTEMPTY');
+      }
+      this.writable();
+      await this.prepareMove(src);
+      await this.copyUp(dp);
+      const from = path.join(this.upperPath(sp), name);
+      const to = path.join(this.upperPath(dp), newName);
+      const whOld = await this.lowerPositive(sp, name);
+      const opaque = src.kind === 'dir' && dp.lowerDirs.length > 0;
+      if (opaque) setOpaque(from);
+      this.touched(sp);
+      this.touched(dp);
+      const toSt = await lstatOrNull(to);
+      if (dst?.kind === 'dir' && toSt?.isDirectory()) await clearDir(to); // only whiteouts are left in it
+      if (dst && dst.kind !== 'dir' && toSt && !toSt.isDirectory() && toSt.nlink <= 1) this.dropUpperKey(dst);
+      if (src.kind === 'dir' && toSt && !toSt.isDirectory()) {
+        // a dir over a whiteout: swap, then the whiteout left at the old name is kept or dropped
+        native.renameat2(from, to, RENAME_EXCHANGE);
+        if (!whOld) await unlink(from);
+      } else if (whOld) {
+        try {
+          native.renameat2(from, to, RENAME_WHITEOUT);
+        } catch (err) {
+          if (!isCode(err, 'EINVAL', 'ENOTSUP', 'EOPNOTSUPP')) throw err;
+          await rename(from, to);
+          makeWhiteout(from);
+        }
+      } else {
+        await rename(from, to);
+      }
+      const whFile = path.join(this.upperPath(dp), WH_PREFIX + newName);
+      if (await lstatOrNull(whFile)) await unlink(whFile);
+      if (dst) {
+        dst.removeLink(dp, newName);
+        if (dst.kind === 'dir') this.forget(dst);
+        else if (dst.links.length === 0) dst.removed = true;
+      }
+      sp.children.set(name, null);
+      this.relink(src, sp, name, dp, newName);
+      if (opaque) src.lowerDirs = [];
+    });
+  }
+
+  /** Before moving: a dir with lower parts is copied up whole and made opaque (where kernel overlay says EXDEV). */
+  private async prepareMove(n: Node): Promise<void> {
+    if (n.kind === 'dir' && n.lowerDirs.length > 0) {
+      await copyUpTree(this, n);
+      setOpaque(this.upperPath(n));
+      clearLowers(n);
+    } else {
+      await this.copyUp(n);
+    }
+  }
+
+  private relink(n: Node, sp: Node, name: string, dp: Node, newName: string): void {
+    const i = n.links.findIndex((l) => l.parent === sp && l.name === name);
+    const lk = { parent: dp, name: newName };
+    if (i >= 0) n.links[i] = lk;
+    else n.links.unshift(lk);
+    dp.children.set(newName, n);
+  }
+
+  private async exchange(sp: Node, name: string, src: Node, dp: Node, newName: string, dst: Node): Promise<void> {
+    await this.prepareMove(src);
+    await this.prepareMove(dst);
+    const from = path.join(this.upperPath(sp), name);
+    const to = path.join(this.upperPath(dp), newName);
+    if (src.kind === 'dir' && dp.lowerDirs.length > 0) setOpaque(from);
+    if (dst.kind === 'dir' && sp.lowerDirs.length > 0) setOpaque(to);
+    this.touched(sp);
+    this.touched(dp);
+    native.renameat2(from, to, RENAME_EXCHANGE);
+    this.relink(src, sp, name, dp, newName);
+    this.relink(dst, dp, newName, sp, name);
+    if (src.kind === 'dir') src.lowerDirs = [];
+    if (dst.kind === 'dir') dst.lowerDirs = [];
+  }
+
+  // ---- setattr ----------------------------------------------------------------------------------------------
+
+  async chmod(id: number, mode: number): Promise<void> {
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      this.writable();
+      await this.copyUp(n);
+      if (n.kind !== 'symlink') await chmod(this.upperPath(n), mode & 0o7777);
+    });
+  }
+
+  /** uid/gid -1 = unchanged. */
+  async chown(id: number, uid: number, gid: number): Promise<void> {
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      this.writable();
+      await this.copyUp(n);
+      await lchown(this.upperPath(n), uid, gid);
+    });
+  }
+
+  async truncate(id: number, size: number): Promise<void> {
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      if (n.kind === 'dir') throw fsErr('EISDIR');
+      if (n.kind !== 'file') throw fsErr('EINVAL');
+      this.writable();
+      await this.copyUp(n, { data: size > 0 });
+      await truncate(this.upperPath(n), size);
+    });
+  }
+
+  /** Times in ms since the epoch; null = now. */
+  async utimens(id: number, atimeMs: number | null, mtimeMs: number | null): Promise<void> {
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      this.writable();
+      await this.copyUp(n);
+      const now = Date.now();
+      await lutimes(this.upperPath(n), (atimeMs ?? now) / 1000, (mtimeMs ?? now) / 1000);
+    });
+  }
+
+  // ---- xattrs -----------------------------------------------------------------------------------------------
+
+  async listxattr(id: number): Promise<string[]> {
+    return listVisible(this.realPath(this.node(id)));
+  }
+
+  async getxattr(id: number, name: string): Promise<Buffer> {
+    if (isPrivateXattr(name)) throw fsErr('EOPNOTSUPP');
+    return native.lgetxattr(this.realPath(this.node(id)), name);
+  }
+
+  async setxattr(id: number, name: string, value: Buffer, flags: number): Promise<void> {
+    if (isPrivateXattr(name)) throw fsErr('EOPNOTSUPP');
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      this.writable();
+      if (!n.upper && flags & XATTR_REPLACE) native.lgetxattr(this.realPath(n), name); // ENODATA before a copy-up
+      if (!n.upper && flags & XATTR_CREATE && hasXattr(this.realPath(n), name)) throw fsErr('EEXIST');
+      await this.copyUp(n);
+      native.lsetxattr(this.upperPath(n), name, value, flags);
+    });
+  }
+
+  async removexattr(id: number, name: string): Promise<void> {
+    if (isPrivateXattr(name)) throw fsErr('EOPNOTSUPP');
+    return this.lock.run(async () => {
+      const n = this.node(id);
+      this.writable();
+      if (!n.upper) native.lgetxattr(this.realPath(n), name); // ENODATA without a pointless copy-up
+      await this.copyUp(n);
+      native.lremovexattr(this.upperPath(n), name);
+    });
+  }
+
+  // ---- file I/O ---------------------------------------------------------------------------------------------
+
+  private addHandle(node: Node, fd: FileHandle, upper: boolean, flags: number): number {
+    let fh = this.nextFh;
+    while (this.handles.has(fh) || fh === 0) fh = (fh + 1) >>> 0;
+    this.nextFh = (fh + 1) >>> 0;
+    this.handles.set(fh, { node, fd, upper, flags });
+    return fh;
+  }
+
+  private handle(fh: number): Handle {
+    const h = this.handles.get(fh);
+    if (!h) throw fsErr('EBADF');
+    return h;
+  }
+
+  async open(id: number, flags: number): Promise<number> {
+    const n = this.node(id);
+    if (n.kind === 'dir' && (flags & O_ACCMODE) !== fsc.O_RDONLY) throw fsErr('EISDIR');
+    const write = (flags & O_ACCMODE) !== fsc.O_RDONLY || (flags & fsc.O_TRUNC) !== 0;
+    if (write && !n.upper) {
+      this.writable();
+      await this.lock.run(() => this.copyUp(n, { data: (flags & fsc.O_TRUNC) === 0 }));
+    }
+    const fd = await open(this.realPath(n), openFlags(flags) | (write ? flags & fsc.O_TRUNC : 0));
+    return this.addHandle(n, fd, n.upper, flags);
+  }
+
+  async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const h = this.handle(fh);
+    if (!h.upper && h.node.upper) {
+      // copied up since this read-only open: follow the data to the upper copy (as the kernel does)
+      const fd = await open(this.upperPath(h.node), fsc.O_RDONLY);
+      await h.fd.close().catch(() => undefined);
+      h.fd = fd;
+      h.upper = true;
+    }
+    let done = 0;
+    while (done < len) {
+      const { bytesRead } = await h.fd.read(buf, done, len - done, pos + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  async write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const h = this.handle(fh);
+    if (!h.upper) throw fsErr('EBADF');
+    let done = 0;
+    while (done < len) {
+      const { bytesWritten } = await h.fd.write(buf, done, len - done, pos + done);
+      done += bytesWritten;
+    }
+    return done;
+  }
+
+  async ftruncate(fh: number, size: number): Promise<void> {
+    const h = this.handle(fh);
+    if (!h.upper) throw fsErr('EBADF');
+    await h.fd.truncate(size);
+  }
+
+  async fsync(fh: number, datasync: boolean): Promise<void> {
+    const h = this.handle(fh);
+    if (datasync) await h.fd.datasync();
+    else await h.fd.sync();
+  }
+
+  async flush(fh: number): Promise<void> {
+    this.handle(fh);
+  }
+
+  async release(fh: number): Promise<void> {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    await h.fd.close();
+  }
+
+  /** Close every handle (unmount). */
+  async close(): Promise<void> {
+    const hs = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(hs.map((h) => h.fd.close().catch(() => undefined)));
+  }
+}
+
+/** Flags for opening the real file: access mode and sync flags; creation, truncation and append are ours to handle. */
+function openFlags(flags: number): number {
+  const strip = fsc.O_CREAT | fsc.O_EXCL | fsc.O_TRUNC | fsc.O_APPEND | fsc.O_NOCTTY | (fsc.O_DIRECT ?? 0);
+  return flags & ~strip;
+}
+
+function hasXattr(p: string, name: string): boolean {
+  try {
+    native.lgetxattr(p, name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function clearLowers(n: Node): void {
+  n.lowerDirs = [];
+  for (const c of n.children.values()) if (c && c.kind === 'dir') clearLowers(c);
+}
+
+async function clearDir(dir: string): Promise<void> {
+  for (const name of await readdir(dir)) await rm(path.join(dir, name), { recursive: true, force: true });
+}
+
+async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}

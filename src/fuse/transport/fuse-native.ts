@@ -1,0 +1,242 @@
+/**
+ * The fuse-native (libfuse 2.9 high-level API) transport: maps its path-based callbacks onto the overlay core's
+ * node-id operations. A path is resolved by walking core lookups from the root (each one a cached map hit after
+ * the first). Every error becomes an errno reply; nothing here throws into fuse-native.
+ *
+ * Limits of this transport (the /dev/fuse transport lifts them): new files are owned by the server's uid (libfuse 2
+ * high-level does not expose the caller), times have ms precision, fuse-native's utimens passes atime for both
+ * times, renameat2 flags are not passed (the kernel answers EINVAL for them), xattr/readlink buffers are not sized.
+ */
+import { createRequire } from 'node:module';
+import { constants as osc } from 'node:os';
+import type { Logger } from 'pino';
+import { errnoOf, fsErr } from '../core/errors.js';
+import type { Kind, NodeStat } from '../core/node.js';
+import { ROOT_ID, type Overlay } from '../core/overlay.js';
+
+const require = createRequire(import.meta.url);
+
+type Cb = (...args: unknown[]) => void;
+
+interface FuseNativeCtor {
+  new (mnt: string, ops: Record<string, unknown>, opts: Record<string, unknown>): FuseNativeInstance;
+}
+interface FuseNativeInstance {
+  mount(cb: (err: Error | null) => void): void;
+  unmount(cb: (err: Error | null) => void): void;
+  _fuseOptions(): string;
+}
+
+export interface FuseNativeOptions {
+  mountpoint: string;
+  fsname?: string;
+  /** Extra raw libfuse -o options. */
+  extraOptions?: string[];
+  /** Seconds the kernel may cache entries (names) and negative lookups; all changes go through us. */
+  entryTimeout?: number;
+  /** Seconds the kernel may cache attributes. 0 by default: libfuse 2 gives each hardlink its own kernel inode,
+   *  so a change through one name must be seen through the others at once. */
+  attrTimeout?: number;
+  readonly?: boolean;
+  debug?: boolean;
+}
+
+const TYPE_BITS: Record<Kind, number> = { dir: 0o040000, file: 0o100000, symlink: 0o120000, other: 0 };
+const UTIME_MS_SENTINEL = 1073; // fuse-native turns UTIME_NOW/UTIME_OMIT (tv_sec 0, tv_nsec ~2^30) into 1073 ms
+
+function fuseStat(s: NodeStat): Record<string, number> {
+  return {
+    mode: s.mode,
+    uid: s.uid,
+    gid: s.gid,
+    size: s.size,
+    dev: 0,
+    nlink: s.nlink,
+    ino: s.ino,
+    rdev: s.rdev,
+    blksize: s.blksize,
+    blocks: s.blocks,
+    atime: Math.floor(s.atimeMs),
+    mtime: Math.floor(s.mtimeMs),
+    ctime: Math.floor(s.ctimeMs),
+  };
+}
+
+/** Split "/a/b/c" into parent path and name. */
+function splitPath(p: string): [string, string] {
+  const i = p.lastIndexOf('/');
+  return [i <= 0 ? '/' : p.slice(0, i), p.slice(i + 1)];
+}
+
+function isLibfuseHidden(name: string): boolean {
+  return name.startsWith('.fuse_hidden');
+}
+
+export class FuseNativeTransport {
+  private fuse: FuseNativeInstance | null = null;
+
+  constructor(
+    private readonly core: Overlay,
+    private readonly opts: FuseNativeOptions,
+    private readonly log: Logger,
+  ) {}
+
+  private async resolve(p: string): Promise<number> {
+    let id = ROOT_ID;
+    for (const part of p.split('/')) {
+      if (!part) continue;
+      const n = await this.core.lookup(id, part);
+      if (!n) throw fsErr('ENOENT');
+      id = n.ino;
+    }
+    return id;
+  }
+
+  private async resolveParent(p: string): Promise<[number, string]> {
+    const [dir, name] = splitPath(p);
+    return [await this.resolve(dir), name];
+  }
+
+  /** Run an op; reply `ok(result)` or the negative errno. */
+  private run<T>(op: string, cb: Cb, fn: () => Promise<T>, ok: (r: T) => unknown[]): void {
+    fn().then(
+      (r) => cb(...ok(r)),
+      (err: unknown) => {
+        const e = errnoOf(err);
+        if (e === osc.errno.EIO) this.log.warn({ err, op }, 'fuse op failed');
+        else this.log.debug({ op, code: (err as { code?: string }).code }, 'fuse op error');
+        cb(-e);
+      },
+    );
+  }
+
+  private ops(): Record<string, unknown> {
+    const c = this.core;
+    const ok0 = () => [0];
+    return {
+      init: (cb: Cb) => cb(0),
+      getattr: (p: string, cb: Cb) => this.run('getattr', cb, async () => c.getattr(await this.resolve(p)), (s) => [0, fuseStat(s)]),
+      fgetattr: (p: string, _fd: number, cb: Cb) => this.run('fgetattr', cb, async () => c.getattr(await this.resolve(p)), (s) => [0, fuseStat(s)]),
+      access: (p: string, mode: number, cb: Cb) => this.run('access', cb, async () => c.access(await this.resolve(p), mode), ok0),
+      statfs: (_p: string, cb: Cb) =>
+        this.run('statfs', cb, () => c.statfs(), (s) => {
+          const cap = (n: number) => Math.min(n, 0xffffffff);
+          return [0, { bsize: s.bsize, frsize: s.bsize, blocks: cap(s.blocks), bfree: cap(s.bfree), bavail: cap(s.bavail), files: cap(s.files), ffree: cap(s.ffree), favail: cap(s.ffree), fsid: 0, flag: 0, namemax: s.namemax }];
+        }),
+      readdir: (p: string, cb: Cb) =>
+        this.run('readdir', cb, async () => {
+          const id = await this.resolve(p);
+          const entries = (await c.readdir(id)).filter((e) => !isLibfuseHidden(e.name));
+          const up = p === '/' ? id : await this.resolve(splitPath(p)[0]);
+          const names = ['.', '..', ...entries.map((e) => e.name)];
+          const stats = [{ mode: TYPE_BITS.dir, ino: id }, { mode: TYPE_BITS.dir, ino: up }, ...entries.map((e) => ({ mode: TYPE_BITS[e.kind], ino: e.ino }))];
+          return [names, stats] as const;
+        }, ([names, stats]) => [0, names, stats]),
+      readlink: (p: string, cb: Cb) => this.run('readlink', cb, async () => c.readlink(await this.resolve(p)), (t) => [0, t]),
+      open: (p: string, flags: number, cb: Cb) => this.run('open', cb, async () => c.open(await this.resolve(p), flags), (fh) => [0, fh]),
+      create: (p: string, mode: number, cb: Cb) =>
+        this.run('create', cb, async () => {
+          const [pid, name] = await this.resolveParent(p);
+          return (await c.create(pid, name, mode)).fh;
+        }, (fh) => [0, fh]),
+      read: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => this.run('read', cb, () => c.read(fh, buf, len, pos), (n) => [n]),
+      write: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => this.run('write', cb, () => c.write(fh, buf, len, pos), (n) => [n]),
+      flush: (_p: string, fh: number, cb: Cb) => this.run('flush', cb, () => c.flush(fh), ok0),
+      fsync: (_p: string, datasync: number, fh: number, cb: Cb) => this.run('fsync', cb, () => c.fsync(fh, datasync !== 0), ok0),
+      release: (_p: string, fh: number, cb: Cb) => this.run('release', cb, () => c.release(fh), ok0),
+      truncate: (p: string, size: number, cb: Cb) => this.run('truncate', cb, async () => c.truncate(await this.resolve(p), size), ok0),
+      ftruncate: (p: string, fh: number, size: number, cb: Cb) =>
+        this.run('ftruncate', cb, async () => (fh ? c.ftruncate(fh, size) : c.truncate(await this.resolve(p), size)), ok0),
+      chmod: (p: string, mode: number, cb: Cb) => this.run('chmod', cb, async () => c.chmod(await this.resolve(p), mode), ok0),
+      chown: (p: string, uid: number, gid: number, cb: Cb) =>
+        this.run('chown', cb, async () => c.chown(await this.resolve(p), uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid), ok0),
+      utimens: (p: string, atime: number, mtime: number, cb: Cb) =>
+        this.run('utimens', cb, async () => {
+          const t = (v: number) => (v === UTIME_MS_SENTINEL ? null : v);
+          return c.utimens(await this.resolve(p), t(atime), t(mtime));
+        }, ok0),
+      mknod: (p: string, mode: number, dev: number, cb: Cb) =>
+        this.run('mknod', cb, async () => {
+          const [pid, name] = await this.resolveParent(p);
+          await c.mknod(pid, name, mode, dev);
+        }, ok0),
+      mkdir: (p: string, mode: number, cb: Cb) =>
+        this.run('mkdir', cb, async () => {
+          const [pid, name] = await this.resolveParent(p);
+          await c.mkdir(pid, name, mode);
+        }, ok0),
+      symlink: (target: string, p: string, cb: Cb) =>
+        this.run('symlink', cb, async () => {
+          const [pid, name] = await this.resolveParent(p);
+          await c.symlink(pid, name, target);
+        }, ok0),
+      link: (src: string, dest: string, cb: Cb) =>
+        this.run('link', cb, async () => {
+          const id = await this.resolve(src);
+          const [pid, name] = await this.resolveParent(dest);
+          await c.link(id, pid, name);
+        }, ok0),
+      unlink: (p: string, cb: Cb) =>
+        this.run('unlink', cb, async () => {
+          const [pid, name] = await this.resolveParent(p);
+          await c.unlink(pid, name);
+        }, ok0),
+      rmdir: (p: string, cb: Cb) =>
+        this.run('rmdir', cb, async () => {
+          const [pid, name] = await this.resolveParent(p);
+          await c.rmdir(pid, name);
+        }, ok0),
+      rename: (src: string, dest: string, cb: Cb) =>
+        this.run('rename', cb, async () => {
+          const [sp, sn] = await this.resolveParent(src);
+          const [dp, dn] = await this.resolveParent(dest);
+          await c.rename(sp, sn, dp, dn, 0);
+        }, ok0),
+      setxattr: (p: string, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) =>
+        this.run('setxattr', cb, async () => c.setxattr(await this.resolve(p), name, Buffer.from(value), flags), ok0),
+      getxattr: (p: string, name: string, _pos: number, cb: Cb) => this.run('getxattr', cb, async () => c.getxattr(await this.resolve(p), name), (v) => [null, v]),
+      listxattr: (p: string, cb: Cb) => this.run('listxattr', cb, async () => c.listxattr(await this.resolve(p)), (l) => [null, l]),
+      removexattr: (p: string, name: string, cb: Cb) => this.run('removexattr', cb, async () => c.removexattr(await this.resolve(p), name), ok0),
+    };
+  }
+
+  private libfuseOptions(): string[] {
+    const entry = this.opts.entryTimeout ?? 60;
+    const attr = this.opts.attrTimeout ?? 0;
+    const o = [
+      'use_ino',
+      'auto_cache',
+      'big_writes',
+      'max_write=131072',
+      `entry_timeout=${entry}`,
+      `negative_timeout=${entry}`,
+      `attr_timeout=${attr}`,
+      'subtype=layerfs',
+    ];
+    if (this.opts.readonly) o.push('ro');
+    return [...o, ...(this.opts.extraOptions ?? [])];
+  }
+
+  /** Mount; resolves once the kernel has sent FUSE_INIT (the mount is usable). */
+  async mount(): Promise<void> {
+    const Fuse = require('fuse-native') as FuseNativeCtor;
+    const extra = this.libfuseOptions();
+    // fuse-native has a fixed option list: add ours (use_ino, cache timeouts, ...) to the -o string it builds
+    class LayerFuse extends Fuse {
+      override _fuseOptions(): string {
+        const base = super._fuseOptions();
+        return base ? `${base},${extra.join(',')}` : `-o${extra.join(',')}`;
+      }
+    }
+    const fuse = new LayerFuse(this.opts.mountpoint, this.ops(), {
+      // copy-up of a big file answers an open/setattr late: no request timeout at all
+      timeout: false,
+      allowOther: true,
+      defaultPermissions: true,
+      fsname: (this.opts.fsname ?? 'layerfs').replace(/[,\s]/g, '_'),
+      debug: this.opts.debug ?? false,
+    });
+    await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
+    this.fuse = fuse;
+  }
+}

@@ -214,6 +214,8 @@ export class FuseNativeTransport {
       'subtype=layerfs',
     ];
     if (this.opts.readonly) o.push('ro');
+    // a container rootfs needs its device nodes and set-id programs (libfuse mounts nodev,nosuid otherwise)
+    if (process.getuid?.() === 0) o.push('dev', 'suid');
     return [...o, ...(this.opts.extraOptions ?? [])];
   }
 

@@ -1,0 +1,214 @@
+/** Helpers for the FUSE tests: lower layers on disk, kernel and FUSE mounts, tree snapshots to compare. */
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, readlink, lstat, rm, writeFile, symlink, link } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { mkWhiteout, native } from '../../src/common/native.js';
+import { startFuseMount, stopFuseMount, isMounted } from '../../src/fuse/index.js';
+import { forceUnmount, run } from './mounts.js';
+
+export async function tmpDir(tag: string): Promise<string> {
+  return mkdtemp(path.join(os.tmpdir(), `layerfs-${tag}-`));
+}
+
+export interface Entry {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size?: number;
+  hash?: string;
+  target?: string;
+  rdev?: number;
+  nlink?: number;
+  xattrs: Record<string, string>;
+  mtimeMs?: number;
+}
+
+export interface SnapOptions {
+  /** Compare st_nlink of non-dirs (default true) and of dirs (default false). */
+  fileNlink?: boolean;
+  dirNlink?: boolean;
+  mtime?: boolean;
+}
+
+function typeOf(st: import('node:fs').Stats): string {
+  if (st.isDirectory()) return 'dir';
+  if (st.isFile()) return 'file';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'chr';
+  if (st.isBlockDevice()) return 'blk';
+  if (st.isFIFO()) return 'fifo';
+  return 'sock';
+}
+
+function xattrsOf(p: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  let names: string[] = [];
+  try {
+    names = native.llistxattr(p);
+  } catch {
+    return out;
+  }
+  for (const n of names.sort()) {
+    if (n.startsWith('security.')) continue;
+    try {
+      out[n] = native.lgetxattr(p, n).toString('hex');
+    } catch (err) {
+      out[n] = `!${(err as { code?: string }).code}`;
+    }
+  }
+  return out;
+}
+
+/** Every entry under root (async fs only: safe to run against a FUSE mount served by another process). */
+export async function snapshot(root: string, o: SnapOptions = {}): Promise<Map<string, Entry>> {
+  const out = new Map<string, Entry>();
+  const walk = async (rel: string): Promise<void> => {
+    const p = rel ? path.join(root, rel) : root;
+    const st = await lstat(p);
+    const type = typeOf(st);
+    const e: Entry = { type, mode: st.mode, uid: st.uid, gid: st.gid, xattrs: xattrsOf(p) };
+    if (type === 'file') {
+      e.size = st.size;
+      e.hash = createHash('sha256').update(await readFile(p)).digest('hex').slice(0, 16);
+    }
+    if (type === 'symlink') e.target = await readlink(p);
+    if (type === 'chr' || type === 'blk') e.rdev = st.rdev;
+    if ((type === 'dir' && o.dirNlink) || (type !== 'dir' && o.fileNlink !== false)) e.nlink = st.nlink;
+    if (o.mtime && type !== 'symlink') e.mtimeMs = Math.floor(st.mtimeMs);
+    out.set(rel || '.', e);
+    if (type === 'dir') for (const name of (await readdir(p)).sort()) await walk(rel ? `${rel}/${name}` : name);
+  };
+  await walk('');
+  return out;
+}
+
+/** Differences between two snapshots, as readable lines (empty when identical). */
+export function diffSnapshots(a: Map<string, Entry>, b: Map<string, Entry>, la = 'a', lb = 'b'): string[] {
+  const out: string[] = [];
+  for (const [k, ea] of a) {
+    const eb = b.get(k);
+    if (!eb) out.push(`${k}: only in ${la}`);
+    else if (JSON.stringify(ea) !== JSON.stringify(eb)) out.push(`${k}: ${la}=${JSON.stringify(ea)} ${lb}=${JSON.stringify(eb)}`);
+  }
+  for (const k of b.keys()) if (!a.has(k)) out.push(`${k}: only in ${lb}`);
+  return out;
+}
+
+export interface Mounted {
+  mnt: string;
+  stop(): Promise<void>;
+}
+
+export async function mountKernel(lowers: string[], mnt: string, upper?: string, work?: string): Promise<Mounted> {
+  await mkdir(mnt, { recursive: true });
+  let o = `lowerdir=${lowers.join(':')}`;
+  if (upper) o += `,upperdir=${upper},workdir=${work},redirect_dir=off,index=off,metacopy=off`;
+  await run('mount', ['-t', 'overlay', 'overlay', '-o', o, mnt]);
+  return { mnt, stop: () => forceUnmount(mnt) };
+}
+
+export async function mountFuse(lowers: string[], mnt: string, upper?: string, work?: string): Promise<Mounted & { pid: number }> {
+  await mkdir(mnt, { recursive: true });
+  const { pid } = await startFuseMount({ lowerdirs: lowers, upperdir: upper, workdir: work, mountpoint: mnt });
+  return {
+    mnt,
+    pid,
+    stop: async () => {
+      await stopFuseMount(mnt).catch(() => undefined);
+      await forceUnmount(mnt);
+      for (let i = 0; i < 50; i++) {
+        try {
+          process.kill(pid, 0);
+        } catch {
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    },
+  };
+}
+
+export { isMounted };
+
+/** Where a layer uses the kernel whiteout format, or the `.wh.` file form. */
+export type WhForm = 'kernel' | 'file';
+
+async function whiteout(dir: string, name: string, form: WhForm): Promise<void> {
+  if (form === 'kernel') mkWhiteout(path.join(dir, name));
+  else await writeFile(path.join(dir, `.wh.${name}`), '');
+}
+
+async function opaque(dir: string, form: WhForm): Promise<void> {
+  if (form === 'kernel') native.lsetxattr(dir, 'trusted.overlay.opaque', Buffer.from('y'), 0);
+  else await writeFile(path.join(dir, '.wh..wh..opq'), '');
+}
+
+async function file(p: string, content: string, mode = 0o644): Promise<void> {
+  await mkdir(path.dirname(p), { recursive: true });
+  await writeFile(p, content, { mode });
+}
+
+/**
+ * Three lower layers (top first) exercising the merge: whiteouts and opaque dirs in the given form, symlinks,
+ * devices, a fifo, xattrs, odd modes and owners, and (optionally) hardlinks inside a lower.
+ */
+export async function buildLowers(root: string, form: WhForm, o: { hardlinks?: boolean } = {}): Promise<string[]> {
+  const [l1, l2, l3] = ['l1', 'l2', 'l3'].map((n) => path.join(root, n));
+  for (const l of [l1, l2, l3]) await mkdir(l, { recursive: true });
+  // bottom layer
+  await file(`${l3}/etc/passwd`, 'root:x:0:0\n');
+  await file(`${l3}/etc/hosts`, '127.0.0.1 localhost\n');
+  await file(`${l3}/etc/gone`, 'deleted above\n');
+  await file(`${l3}/usr/bin/tool`, '#!/bin/sh\necho tool\n', 0o755);
+  await file(`${l3}/usr/lib/libx.so`, 'ELF'.repeat(1000));
+  await file(`${l3}/usr/share/doc/readme`, 'doc\n');
+  await file(`${l3}/opq/old1`, 'hidden by opaque\n');
+  await file(`${l3}/opq/sub/old2`, 'hidden too\n');
+  await file(`${l3}/var/log/x.log`, 'log\n');
+  await file(`${l3}/replaced`, 'a file that becomes a dir above\n');
+  await mkdir(`${l3}/dirgone/inner`, { recursive: true });
+  await file(`${l3}/dirgone/inner/f`, 'x');
+  await mkdir(`${l3}/emptyish`, { recursive: true });
+  await file(`${l3}/emptyish/only`, 'whited out above');
+  await file(`${l3}/secret`, 'root only\n', 0o600);
+  await run('chown', ['1234:4321', `${l3}/usr/share/doc/readme`]);
+  native.lsetxattr(`${l3}/etc/hosts`, 'user.origin', Buffer.from('l3'), 0);
+  native.mknod(`${l3}/null`, 0o020666, 1, 3);
+  native.mknod(`${l3}/fifo`, 0o010644, 0, 0);
+  await symlink('/etc/passwd', `${l3}/abslink`);
+  await symlink('usr/bin/tool', `${l3}/rellink`);
+  if (o.hardlinks) {
+    await file(`${l3}/hl/one`, 'shared inode\n');
+    await mkdir(`${l3}/hl2`, { recursive: true });
+    await link(`${l3}/hl/one`, `${l3}/hl/two`);
+    await link(`${l3}/hl/one`, `${l3}/hl2/three`);
+  }
+  // middle layer
+  await file(`${l2}/etc/hosts`, '10.0.0.1 middle\n');
+  await whiteout(`${l2}/etc`, 'gone', form);
+  await mkdir(`${l2}/opq`, { recursive: true });
+  await opaque(`${l2}/opq`, form);
+  await file(`${l2}/opq/new`, 'after opaque\n');
+  await mkdir(`${l2}/replaced`, { recursive: true });
+  await opaque(`${l2}/replaced`, form);
+  await file(`${l2}/replaced/child`, 'dir over a file\n');
+  await whiteout(l2, 'dirgone', form);
+  await mkdir(`${l2}/emptyish`, { recursive: true });
+  await whiteout(`${l2}/emptyish`, 'only', form);
+  await file(`${l2}/usr/bin/tool2`, 'tool2', 0o4755);
+  native.lsetxattr(`${l2}/usr/bin/tool2`, 'user.mid', Buffer.from('2'), 0);
+  // top layer
+  await file(`${l1}/etc/motd`, 'hello from the top\n');
+  await file(`${l1}/usr/lib/libx.so`, 'newer lib');
+  await mkdir(`${l1}/var`, { recursive: true, mode: 0o750 });
+  await whiteout(`${l1}/var`, 'log', form);
+  await file(`${l1}/top-only/deep/er/file`, 'deep');
+  await run('chmod', ['0750', `${l1}/var`]);
+  return [l1, l2, l3];
+}
+
+export async function cleanup(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}

@@ -4,6 +4,8 @@ import type { Argv, CommandModule } from 'yargs';
 import { applyLayer } from '../archive/index.js';
 import { type GlobalArgs, withService } from './context.js';
 import { humanSize, printJson, printTable, short } from './output.js';
+import { exportSubcommand, pullSubcommand } from './cmd-pull.js';
+import { layerMountCommands } from './cmd-mount.js';
 
 type A<T = object> = GlobalArgs & T;
 
@@ -44,6 +46,8 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
           printJson(rec);
         },
       )
+      .command(pullSubcommand)
+      .command(exportSubcommand)
       .command<A<{ ref: string }>>(
         ['rm <ref>', 'remove <ref>'],
         'remove an image and the layers nothing else uses',
@@ -62,7 +66,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'layer <command>',
   describe: 'list, inspect, create and remove layers',
   builder: (y: Argv<GlobalArgs>) =>
-    y
+    layerMountCommands(y)
       .command<A>(
         ['ls', 'list'],
         'list layers',

@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'EQUOTA' // quota requested where it cannot be enforced, or bad size
   | 'EMOUNT' // a mount or unmount failed
   | 'EDRIVER' // driver unavailable or misused
+  | 'EREGISTRY' // a registry request failed (unreachable, bad status, interrupted download)
+  | 'EAUTH' // a registry refused our credentials or we have none
   | 'EUSAGE'; // bad command-line input
 
 export class LayerfsError extends Error {

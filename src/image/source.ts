@@ -30,15 +30,15 @@ export interface ImageSource {
   close(): Promise<void>;
 }
 
-const MT_INDEX = ['application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.list.v2+json'];
-const MT_MANIFEST = ['application/vnd.oci.image.manifest.v1+json', 'application/vnd.docker.distribution.manifest.v2+json'];
+export const MT_INDEX = ['application/vnd.oci.image.index.v1+json', 'application/vnd.docker.distribution.manifest.list.v2+json'];
+export const MT_MANIFEST = ['application/vnd.oci.image.manifest.v1+json', 'application/vnd.docker.distribution.manifest.v2+json'];
 
 export function hostPlatform(): { os: string; architecture: string; variant?: string } {
   const arch = ({ x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[process.arch] ?? process.arch;
   return { os: 'linux', architecture: arch, ...(arch === 'arm64' ? { variant: 'v8' } : {}) };
 }
 
-interface Descriptor {
+export interface Descriptor {
   mediaType?: string;
   digest: string;
   size?: number;
@@ -87,13 +87,24 @@ async function readBlob(r: BlobReader, d: Descriptor, what: string): Promise<Buf
   return buf;
 }
 
-function platformMatches(p: Descriptor['platform']): boolean {
+export function platformMatches(p: Descriptor['platform']): boolean {
   if (!p) return true;
   const h = hostPlatform();
   if (p.os && p.os !== h.os) return false;
   if (p.architecture && p.architecture !== h.architecture) return false;
   if (p.variant && h.variant && p.variant !== h.variant) return false;
   return true;
+}
+
+/** The host platform's entry among an index's manifests (the first that matches), or EBADIMAGE naming what there is. */
+export function choosePlatform<D extends Descriptor>(candidates: D[], what: string): D {
+  const usable = candidates.filter((d) => platformMatches(d.platform));
+  if (usable.length === 0) {
+    const seen = candidates.map((d) => (d.platform ? `${d.platform.os}/${d.platform.architecture}` : 'unknown')).join(', ');
+    const h = hostPlatform();
+    throw new LayerfsError('EBADIMAGE', what, `no manifest for ${h.os}/${h.architecture} (has: ${seen || 'none'})`);
+  }
+  return usable[0]!;
 }
 
 function refNames(d: Descriptor): string[] {
@@ -111,13 +122,7 @@ async function resolveOci(r: BlobReader, format: ImageSource['format'], close: (
   let candidates = index.manifests ?? [];
   let names: string[] = [];
   for (let depth = 0; depth < 4; depth++) {
-    const usable = candidates.filter((d) => platformMatches(d.platform));
-    if (usable.length === 0) {
-      const seen = candidates.map((d) => (d.platform ? `${d.platform.os}/${d.platform.architecture}` : 'unknown')).join(', ');
-      const h = hostPlatform();
-      throw new LayerfsError('EBADIMAGE', format, `no manifest for ${h.os}/${h.architecture} (has: ${seen || 'none'})`);
-    }
-    const d = usable[0]!;
+    const d = choosePlatform(candidates, format);
     if (names.length === 0) names = refNames(d);
     const buf = await readBlob(r, d, `manifest ${d.digest}`);
     const doc = parseJson<{ mediaType?: string; manifests?: Descriptor[]; config?: Descriptor; layers?: Descriptor[] }>(buf, `manifest ${d.digest}`);

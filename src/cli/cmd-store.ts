@@ -5,7 +5,6 @@ import { applyLayer } from '../archive/index.js';
 import { type GlobalArgs, withService } from './context.js';
 import { humanSize, printJson, printTable, short } from './output.js';
 import { exportSubcommand, pullSubcommand } from './cmd-pull.js';
-import { layerMountCommands } from './cmd-mount.js';
 
 type A<T = object> = GlobalArgs & T;
 
@@ -66,7 +65,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'layer <command>',
   describe: 'list, inspect, create and remove layers',
   builder: (y: Argv<GlobalArgs>) =>
-    layerMountCommands(y)
+    y
       .command<A>(
         ['ls', 'list'],
         'list layers',

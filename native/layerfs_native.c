@@ -197,6 +197,27 @@ static napi_value n_renameat2(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* dtypeSupported(dir) -> bool: does readdir report d_type here (overlay needs it)? `dir` must hold an entry. */
+#include <dirent.h>
+static napi_value n_dtype_supported(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  char path[PATH_BUF];
+  STR(0, path);
+  DIR *d = opendir(path);
+  if (!d) return throw_errno(env, errno, "opendir", path);
+  int known = 0, seen = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    seen++;
+    if (e->d_type != DT_UNKNOWN) known++;
+  }
+  closedir(d);
+  napi_value out;
+  napi_get_boolean(env, seen > 0 && known == seen, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"mknod", NULL, n_mknod, NULL, NULL, NULL, napi_default, NULL},
@@ -205,6 +226,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"llistxattr", NULL, n_llistxattr, NULL, NULL, NULL, napi_default, NULL},
     {"lremovexattr", NULL, n_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
     {"renameat2", NULL, n_renameat2, NULL, NULL, NULL, napi_default, NULL},
+    {"dtypeSupported", NULL, n_dtype_supported, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -5,6 +5,7 @@ import { applyLayer } from '../archive/index.js';
 import { type GlobalArgs, withService } from './context.js';
 import { humanSize, printJson, printTable, short } from './output.js';
 import { exportSubcommand, pullSubcommand } from './cmd-pull.js';
+import { layerMountCommands } from './cmd-mount.js';
 
 type A<T = object> = GlobalArgs & T;
 
@@ -65,7 +66,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'layer <command>',
   describe: 'list, inspect, create and remove layers',
   builder: (y: Argv<GlobalArgs>) =>
-    y
+    layerMountCommands(y)
       .command<A>(
         ['ls', 'list'],
         'list layers',
@@ -152,6 +153,12 @@ export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   handler: async (args) => {
     const st = await withService(args, (svc) => svc.status());
     if (args.json) return printJson(st);
-    for (const [k, v] of Object.entries(st)) process.stdout.write(`${k}: ${Array.isArray(v) ? v.join(',') || '-' : typeof v === 'object' ? JSON.stringify(v) : String(v)}\n`);
+    const flat = (prefix: string, obj: Record<string, unknown>): void => {
+      for (const [k, v] of Object.entries(obj)) {
+        if (v && typeof v === 'object' && !Array.isArray(v)) flat(`${prefix}${k}.`, v as Record<string, unknown>);
+        else process.stdout.write(`${prefix}${k}: ${Array.isArray(v) ? v.join(',') || '-' : String(v)}\n`);
+      }
+    };
+    flat('', st);
   },
 };

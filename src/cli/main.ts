@@ -6,6 +6,7 @@ import { logger, setLogLevel } from '../common/log.js';
 import { type GlobalArgs, globalOptions } from './context.js';
 import { applyCommand, imageCommand, indexCommand, layerCommand, statusCommand } from './cmd-store.js';
 import { fuseCommand } from './cmd-fuse.js';
+import { commitCommand, mountCommand, mountInfoCommand, umountCommand } from './cmd-mount.js';
 
 /** `layerfs: <what>: <why>` for our errors; system errors keep their message. */
 export function formatError(err: unknown): string {
@@ -15,7 +16,7 @@ export function formatError(err: unknown): string {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, fuseCommand] as CommandModule<GlobalArgs, never>[];
+  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, mountCommand, umountCommand, commitCommand, mountInfoCommand, fuseCommand] as CommandModule<GlobalArgs, never>[];
   let y = globalOptions(yargs(argv).scriptName('layerfs'))
     .middleware((a) => setLogLevel(String(a['log-level'])))
     .strict()

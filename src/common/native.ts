@@ -11,6 +11,8 @@ export interface Native {
   llistxattr(path: string): string[];
   lremovexattr(path: string, name: string): void;
   renameat2(from: string, to: string, flags: number): void;
+  /** Whether readdir reports entry types in `dir` (which must hold at least one entry). */
+  dtypeSupported(dir: string): boolean;
 }
 
 export const RENAME_NOREPLACE = 1;

@@ -9,6 +9,19 @@ export interface IndexedLayer extends LayerRecord {
   missing?: boolean;
 }
 
+/** A mount made by a driver: what is mounted where, and how many users hold it. */
+export interface MountRecord {
+  mountpoint: string;
+  /** The RW layer mounted, or for a read-only view the top RO layer. */
+  layer: string;
+  rw: boolean;
+  driver: 'overlay' | 'fuse';
+  refs: number;
+  /** FUSE: the pid of the server process. */
+  pid?: number;
+  created: string;
+}
+
 type Sub = ReturnType<Level<string, unknown>['sublevel']>;
 
 /**
@@ -23,30 +36,45 @@ export class Index {
     readonly created: boolean,
   ) {}
 
-  static async open(dir: string): Promise<Index> {
+  /**
+   * Open the index. LevelDB lets one process at a time have it open (its LOCK file); when another
+   * layerfs process holds it (the daemon mid-scan, another CLI command), wait for it up to `waitMs`
+   * (default 30 s, env LAYERFS_INDEX_WAIT_MS), polling, instead of failing at once.
+   */
+  static async open(dir: string, opts: { waitMs?: number } = {}): Promise<Index> {
     const existed = await access(dir).then(
       () => true,
       () => false,
     );
-    const db = new Level<string, unknown>(dir, { valueEncoding: 'json' });
-    try {
-      await db.open();
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      const msg = `${(err as Error).message} ${cause?.message ?? ''}`;
-      if ((err as { code?: string }).code === 'LEVEL_DATABASE_NOT_OPEN' && /lock/i.test(msg)) {
-        throw new LayerfsError('ELOCKED', dir, 'the index is in use by another layerfs process (is `layerfs daemon` running on this root?)', { cause: err });
+    const envWait = process.env.LAYERFS_INDEX_WAIT_MS;
+    const waitMs = opts.waitMs ?? (envWait !== undefined && envWait !== '' ? Number(envWait) : 30_000);
+    const deadline = Date.now() + waitMs;
+    for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
+      const db = new Level<string, unknown>(dir, { valueEncoding: 'json' });
+      try {
+        await db.open();
+        return new Index(db, !existed);
+      } catch (err) {
+        const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+        const msg = `${(err as Error).message} ${cause?.message ?? ''}`;
+        const locked = (err as { code?: string }).code === 'LEVEL_DATABASE_NOT_OPEN' && /lock/i.test(msg);
+        if (locked && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, delay));
+          continue;
+        }
+        if (locked) {
+          throw new LayerfsError('ELOCKED', dir, `the index is in use by another layerfs process (waited ${Math.round(waitMs / 1000)} s; is a long command running on this root?)`, { cause: err });
+        }
+        throw new LayerfsError('ELOCKED', dir, `cannot open the index: ${msg.trim()}`, { cause: err });
       }
-      throw new LayerfsError('ELOCKED', dir, `cannot open the index: ${msg.trim()}`, { cause: err });
     }
-    return new Index(db, !existed);
   }
 
   async close(): Promise<void> {
     await this.db.close();
   }
 
-  private sub(name: 'layer' | 'image' | 'name' | 'meta'): Sub {
+  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount'): Sub {
     return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
   }
 
@@ -91,6 +119,20 @@ export class Index {
     return (await this.sub('name').get(name)) as string | undefined;
   }
 
+  // ---- mounts (keyed by mount point)
+  async putMount(rec: MountRecord): Promise<void> {
+    await this.sub('mount').put(rec.mountpoint, rec);
+  }
+  async getMount(mountpoint: string): Promise<MountRecord | undefined> {
+    return (await this.sub('mount').get(mountpoint)) as MountRecord | undefined;
+  }
+  async delMount(mountpoint: string): Promise<void> {
+    await this.sub('mount').del(mountpoint);
+  }
+  async listMounts(): Promise<MountRecord[]> {
+    return (await this.sub('mount').values().all()) as MountRecord[];
+  }
+
   // ---- meta
   async getMeta<T>(key: string): Promise<T | undefined> {
     return (await this.sub('meta').get(key)) as T | undefined;
@@ -99,8 +141,8 @@ export class Index {
     await this.sub('meta').put(key, value);
   }
 
-  /** Drop everything (before a rebuild). */
+  /** Drop everything derived from the store (before a rebuild); mount records are kept: the disk cannot tell them. */
   async clear(): Promise<void> {
-    await this.db.clear();
+    for (const s of ['layer', 'image', 'name', 'meta'] as const) await this.sub(s).clear();
   }
 }

@@ -1,4 +1,9 @@
 import { createReadStream } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { driverFor, selectDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
+import { moveNames, sha256Digest } from '../image/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
@@ -93,15 +98,28 @@ export class Service {
       await this.store.removeImage(rec.id);
       await this.index.delImage(rec.id);
       const removed: string[] = [];
+      const sharedUsed = await this.layersUsedBySharedImages();
       for (const id of [...rec.layers].reverse()) {
         const users = await this.layerUsers(id);
-        if (users.images.length || users.children.length) break;
+        if (users.images.length || users.children.length || sharedUsed.has(id)) break;
         await this.store.removeROLayer(id);
         await this.index.delLayer(id);
         removed.push(id);
       }
       return { image: rec.id, layers: removed };
     });
+  }
+
+  /**
+   * Layers used by the image records on the shared store. Another writer host may have imported
+   * images this host's index does not know; call with the writer lock held.
+   */
+  private async layersUsedBySharedImages(): Promise<Set<string>> {
+    const used = new Set<string>();
+    for (const id of (await this.store.listSharedIds('overlay-images')).ids) {
+      for (const l of (await this.store.readSharedImage(id))?.layers ?? []) used.add(l);
+    }
+    return used;
   }
 
   // ---- layers
@@ -142,6 +160,7 @@ export class Service {
     if (rec.rw) throw new LayerfsError('EUSAGE', `layer ${rec.id}`, 'is an RW layer: remove it with `layerfs umount --rm` or its driver');
     await this.assertLayerUnused(rec.id);
     await this.store.withWriteLock(`layer rm ${rec.id}`, async () => {
+      if ((await this.layersUsedBySharedImages()).has(rec.id)) throw new LayerfsError('EINUSE', `layer ${rec.id}`, 'still used by an image on the shared store');
       await this.store.removeROLayer(rec.id);
       await this.index.delLayer(rec.id);
     });
@@ -170,16 +189,146 @@ export class Service {
     return out;
   }
 
+  // ---- mounts (graph drivers)
+  async driver(name: DriverName = 'auto'): Promise<LayeredDriver> {
+    const d = await selectDriver(name, this.store, this.index);
+    await d.init();
+    return d;
+  }
+
+  /**
+   * `layerfs mount REF MNT`: a new RW layer on top of image REF mounted at MNT (or, with `ro`, a
+   * read-only merged view of the image). Returns the RW layer id (ro: the image's top layer).
+   */
+  async mountImage(ref: string, target: string, opts: { driver?: DriverName; ro?: boolean; quota?: number; name?: string } = {}): Promise<{ layer: string; mountpoint: string; driver: string }> {
+    const img = await this.resolveImage(ref);
+    const d = await this.driver(opts.driver);
+    if (opts.ro) {
+      if (opts.quota !== undefined) throw new LayerfsError('EQUOTA', `image ${ref}`, 'a read-only mount takes no quota (RO layers never do)');
+      if (!img.topLayer) throw new LayerfsError('EMOUNT', `image ${ref}`, 'has no layers to show');
+      const mountpoint = await d.mountRO(img.topLayer, target);
+      return { layer: img.topLayer, mountpoint, driver: d.name };
+    }
+    const id = randomBytes(32).toString('hex');
+    await d.createRW(id, img.topLayer, { ...(opts.quota !== undefined ? { quota: opts.quota } : {}), ...(opts.name ? { name: opts.name } : {}) });
+    try {
+      const mountpoint = await d.mount(id, { target });
+      return { layer: id, mountpoint, driver: d.name };
+    } catch (err) {
+      await d.remove(id).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** `layerfs layer mount ID MNT`: a read-only view of one RO layer alone. */
+  async mountLayer(ref: string, target: string, driver: DriverName = 'auto'): Promise<string> {
+    const rec = await this.resolveLayer(ref);
+    const d = await this.driver(driver);
+    return d.mountLayerAlone(rec.id, target);
+  }
+
+  /** `layerfs umount MNT [--rm]`. */
+  async umount(target: string, opts: { rm?: boolean; force?: boolean } = {}): Promise<{ layer: string; removed: boolean }> {
+    const abs = path.resolve(target);
+    const rec = await this.index.getMount(abs);
+    if (!rec) throw new LayerfsError('EMOUNT', abs, 'not a layerfs mount');
+    const d = driverFor(rec.driver, this.store, this.index);
+    await d.unmount(abs, { force: opts.force || opts.rm });
+    let removed = false;
+    if (opts.rm && rec.rw) {
+      await d.remove(rec.layer);
+      removed = true;
+    }
+    return { layer: rec.layer, removed };
+  }
+
+  /** A mount point or layer id -> the RW layer behind it. */
+  async rwLayerOf(ref: string): Promise<IndexedLayer> {
+    const m = await this.index.getMount(path.resolve(ref));
+    const rec = m ? await this.index.getLayer(m.layer) : await this.resolveLayer(ref);
+    if (!rec) throw new LayerfsError('ELAYERNOTFOUND', ref, 'no such layer or mount');
+    return rec;
+  }
+
+  async metadata(ref: string): Promise<LayerMetadata & { layer: string; driver: string | null; mounted: boolean }> {
+    const rec = await this.rwLayerOf(ref);
+    const m = (await this.index.listMounts()).find((x) => x.layer === rec.id);
+    const d = driverFor(m?.driver ?? 'overlay', this.store, this.index);
+    return { ...(await d.metadata(rec.id)), layer: rec.id, driver: m?.driver ?? null, mounted: !!m };
+  }
+
+  /** What an RW layer changed, as an OCI layer tar stream. */
+  async layerDiff(ref: string): Promise<Readable> {
+    const rec = await this.rwLayerOf(ref);
+    if (!rec.rw) throw new LayerfsError('EUSAGE', `layer ${rec.id}`, 'is an RO layer: only RW layers have a diff to export');
+    return driverFor('overlay', this.store, this.index).diff(rec.id);
+  }
+
+  /**
+   * `layerfs commit MNT|ID --name REF`: the RW layer's changes become a new RO layer (by chainID)
+   * and a new image whose config extends the parent image's.
+   */
+  async commit(ref: string, names: string[]): Promise<ImageRecord> {
+    const rw = await this.rwLayerOf(ref);
+    if (!rw.rw) throw new LayerfsError('EUSAGE', `layer ${rw.id}`, 'is an RO layer: commit takes an RW layer or its mount point');
+    const base = rw.parent ? (await this.index.listImages()).find((i) => i.topLayer === rw.parent) : undefined;
+    const baseConfig = base ? JSON.parse((await this.store.readImageBlob(base.id, 'config')).toString('utf8')) : { architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } };
+    return this.store.withWriteLock(`commit ${rw.id}`, async () => {
+      const { layer } = await addROLayer(this.store, this.index, { parent: rw.parent, open: () => driverFor('overlay', this.store, this.index).diff(rw.id) });
+      const chain = await this.chain(layer.id);
+      const now = new Date().toISOString();
+      const config = {
+        ...baseConfig,
+        created: now,
+        rootfs: { type: 'layers', diff_ids: chain.map((l) => l.diffDigest) },
+        history: [...(baseConfig.history ?? []), { created: now, created_by: `layerfs commit ${rw.id}` }],
+      };
+      const configBuf = Buffer.from(JSON.stringify(config));
+      const manifest = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256Digest(configBuf), size: configBuf.length },
+          layers: chain.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.diffDigest, size: l.compressedSize ?? 0 })),
+        }),
+      );
+      const wanted = [...new Set(names.map(normalizeName))];
+      const rec: ImageRecord = {
+        id: sha256Digest(configBuf).slice(7),
+        names: wanted,
+        layers: chain.map((l) => l.id),
+        topLayer: layer.id,
+        manifestDigest: sha256Digest(manifest),
+        configDigest: sha256Digest(configBuf),
+        size: chain.reduce((a, l) => a + l.size, 0),
+        created: now,
+      };
+      await moveNames(this.store, this.index, wanted, rec.id);
+      await this.store.publishImage(rec, manifest, configBuf);
+      await this.index.putImage(rec);
+      return rec;
+    });
+  }
+
   async status(): Promise<Record<string, unknown>> {
     const layers = await this.index.listLayers();
-    return {
+    const out: Record<string, unknown> = {
       root: this.store.root,
       shared: this.store.shared,
       role: this.store.role,
       images: (await this.index.listImages()).length,
       roLayers: layers.filter((l) => !l.rw).length,
       rwLayers: layers.filter((l) => l.rw).length,
+      mounts: (await this.index.listMounts()).length,
       missingLayers: layers.filter((l) => l.missing).map((l) => l.id),
     };
+    try {
+      out.defaultDriver = (await selectDriver('auto', this.store, this.index)).name;
+      out.drivers = { overlay: await driverFor('overlay', this.store, this.index).status(), fuse: await driverFor('fuse', this.store, this.index).status() };
+    } catch (err) {
+      out.drivers = { error: (err as Error).message };
+    }
+    return out;
   }
+
 }

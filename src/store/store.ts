@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile, lstat, stat, open } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile, lstat, stat, open, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { LayerfsError, isErrno } from '../common/errors.js';
@@ -165,8 +165,10 @@ export class Store {
       }
       if (kind === 'overlay-layers' || kind === 'overlay-images') {
         // atomic-write leftovers inside record dirs
-        for (const n of names) {
-          if (n.startsWith(TMP_PREFIX) || n === 'RO') continue;
+        // (real dirs only: the RO symlinks of a root lead to the shared store, one NFS readdir each)
+        for (const d of await readdir(path.join(base, kind), { withFileTypes: true })) {
+          const n = d.name;
+          if (n.startsWith(TMP_PREFIX) || n === 'RO' || !d.isDirectory()) continue;
           const inner = await readdir(path.join(base, kind, n)).catch(() => [] as string[]);
           for (const f of inner) if (f.startsWith(TMP_PREFIX)) await rm(path.join(base, kind, n, f), { force: true });
         }
@@ -280,6 +282,9 @@ export class Store {
     const dir = this.sharedPath('overlay-images', rec.id);
     if (await exists(path.join(dir, 'image.json'))) {
       await writeFileAtomic(path.join(dir, 'image.json'), JSON.stringify(rec, null, 2));
+      // readers' scanners look into image dirs only when overlay-images/ itself changed: tell them
+      const now = new Date();
+      await utimes(this.sharedPath('overlay-images'), now, now);
     } else {
       const tmp = this.sharedPath('overlay-images', `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
       await mkdir(tmp);
@@ -314,25 +319,29 @@ export class Store {
   // ---- RW layers (local root only) ---------------------------------------------------------------
   /**
    * Create an RW layer dir `<root>/overlay/<id>/{diff,work,merged}` plus `lower` (the parent chain's
-   * short paths, top first) and its layer.json. `prepareDiff` may turn the empty diff dir into
-   * something else (e.g. a btrfs subvolume with a quota) before the layer becomes visible.
+   * short paths, top first) and its layer.json. Hooks let a quota make the layer dir something
+   * else (e.g. a btrfs subvolume) and limit it once it has its final name.
    */
-  async createRWLayer(rec: LayerRecord, lowerShortPaths: string[], prepareDiff?: (diffDir: string) => Promise<void>): Promise<void> {
+  async createRWLayer(
+    rec: LayerRecord,
+    lowerShortPaths: string[],
+    hooks: { makeDir?: (dir: string) => Promise<void>; afterCreate?: (dir: string) => Promise<void> } = {},
+  ): Promise<void> {
     if (!rec.rw) throw new Error('createRWLayer is for RW layers');
     const final = this.layerDir(rec.id);
     if (await exists(final)) throw new LayerfsError('EEXIST', `layer ${rec.id}`, 'already exists');
     const tmp = path.join(this.root, 'overlay', `${TMP_PREFIX}${randomBytes(8).toString('hex')}`);
-    await mkdir(tmp);
+    if (hooks.makeDir) await hooks.makeDir(tmp);
+    else await mkdir(tmp);
     try {
-      const diff = path.join(tmp, 'diff');
-      if (prepareDiff) await prepareDiff(diff);
-      else await mkdir(diff, { mode: 0o755 });
+      await mkdir(path.join(tmp, 'diff'), { mode: 0o755 });
       await mkdir(path.join(tmp, 'work'), { mode: 0o700 });
       await mkdir(path.join(tmp, 'merged'), { mode: 0o700 });
       await writeFile(path.join(tmp, 'lower'), lowerShortPaths.join(':'));
       await rename(tmp, final);
+      if (hooks.afterCreate) await hooks.afterCreate(final);
     } catch (err) {
-      await rm(tmp, { recursive: true, force: true });
+      await rm((await exists(final)) ? final : tmp, { recursive: true, force: true });
       throw err;
     }
     await mkdir(this.layerMetaDir(rec.id), { recursive: true });
@@ -348,15 +357,15 @@ export class Store {
     }
   }
 
-  /** Remove an RW layer: record first, then data (a `removeDiff` hook can delete e.g. a subvolume). */
-  async removeRWLayer(id: string, removeDiff?: (diffDir: string) => Promise<void>): Promise<void> {
+  /** Remove an RW layer: record first, then data (`removeDir` can delete e.g. a subvolume first). */
+  async removeRWLayer(id: string, removeDir?: (dir: string) => Promise<void>): Promise<void> {
     const meta = this.layerMetaDir(id);
     if (await exists(meta)) await rm(meta, { recursive: true, force: true });
     const dir = this.layerDir(id);
     if (!(await exists(dir))) return;
     const aside = path.join(this.root, 'overlay', `${TMP_PREFIX}rm-${randomBytes(6).toString('hex')}`);
     await rename(dir, aside);
-    if (removeDiff) await removeDiff(path.join(aside, 'diff'));
+    if (removeDir) await removeDir(aside);
     await rm(aside, { recursive: true, force: true });
   }
 

@@ -1,0 +1,105 @@
+import { pipeline } from 'node:stream/promises';
+import type { Argv, CommandModule } from 'yargs';
+import { parseSize, type DriverName } from '../drivers/index.js';
+import { LayerfsError } from '../common/errors.js';
+import { type GlobalArgs, withService } from './context.js';
+import { printJson } from './output.js';
+
+type A<T = object> = GlobalArgs & T;
+const DRIVERS = ['overlay', 'fuse', 'auto'] as const;
+
+function size(s: string | undefined): number | undefined {
+  if (s === undefined) return undefined;
+  try {
+    return parseSize(s);
+  } catch (err) {
+    throw new LayerfsError('EQUOTA', `--quota ${s}`, (err as Error).message);
+  }
+}
+
+export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string }>> = {
+  command: 'mount <ref> <mnt>',
+  describe: 'create an RW layer on top of image REF and mount the merged tree at MNT; prints the RW layer id',
+  builder: (y) =>
+    y
+      .positional('ref', { type: 'string', demandOption: true })
+      .positional('mnt', { type: 'string', demandOption: true })
+      .option('driver', { choices: DRIVERS, default: 'auto' as DriverName, describe: 'overlay (kernel), fuse (userspace), auto' })
+      .option('ro', { type: 'boolean', default: false, describe: 'a read-only merged view, no RW layer' })
+      .option('quota', { type: 'string', describe: 'limit the RW layer, e.g. 10m' })
+      .option('name', { type: 'string', describe: 'a name for the RW layer' }) as unknown as Argv<A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string }>>,
+  handler: async (args) => {
+    const quota = size(args.quota);
+    const res = await withService(args, (svc) =>
+      svc.mountImage(args.ref, args.mnt, { driver: args.driver, ro: args.ro, ...(quota !== undefined ? { quota } : {}), ...(args.name ? { name: args.name } : {}) }),
+    );
+    if (args.json) printJson(res);
+    else process.stdout.write(res.layer + '\n');
+  },
+};
+
+export const umountCommand: CommandModule<GlobalArgs, A<{ mnt: string; rm: boolean; force: boolean }>> = {
+  command: ['umount <mnt>', 'unmount <mnt>'],
+  describe: 'unmount a layerfs mount (drops one reference); --rm also deletes its RW layer',
+  builder: (y) =>
+    y
+      .positional('mnt', { type: 'string', demandOption: true })
+      .option('rm', { type: 'boolean', default: false, describe: 'delete the RW layer too' })
+      .option('force', { type: 'boolean', default: false, describe: 'unmount whatever the reference count' }) as unknown as Argv<A<{ mnt: string; rm: boolean; force: boolean }>>,
+  handler: async (args) => {
+    const res = await withService(args, (svc) => svc.umount(args.mnt, { rm: args.rm, force: args.force }));
+    if (args.json) printJson(res);
+  },
+};
+
+export const commitCommand: CommandModule<GlobalArgs, A<{ ref: string; name?: string[] }>> = {
+  command: 'commit <ref>',
+  describe: 'turn an RW layer (or the one mounted at a path) into a new RO layer and image; prints the image id',
+  builder: (y) =>
+    y.positional('ref', { type: 'string', demandOption: true, describe: 'mount point or RW layer id' }).option('name', { type: 'string', array: true, describe: 'name(s) for the new image' }) as unknown as Argv<
+      A<{ ref: string; name?: string[] }>
+    >,
+  handler: async (args) => {
+    const rec = await withService(args, (svc) => svc.commit(args.ref, args.name ?? []));
+    if (args.json) printJson(rec);
+    else process.stdout.write(rec.id + '\n');
+  },
+};
+
+export const mountInfoCommand: CommandModule<GlobalArgs, A<{ ref: string }>> = {
+  command: 'mount-info <ref>',
+  describe: 'driver metadata of a mount point or layer: WorkDir, MergedDir, UpperDir, LowerDir',
+  builder: (y) => y.positional('ref', { type: 'string', demandOption: true }) as unknown as Argv<A<{ ref: string }>>,
+  handler: async (args) => {
+    const md = await withService(args, (svc) => svc.metadata(args.ref));
+    if (args.json) return printJson(md);
+    for (const [k, v] of Object.entries(md)) process.stdout.write(`${k}: ${String(v)}\n`);
+  },
+};
+
+/** `layer diff ID` and `layer mount ID MNT`, added to the `layer` command. */
+export function layerMountCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
+  return y
+    .command<A<{ id: string }>>(
+      'diff <id>',
+      'write what an RW layer (or the one mounted at a path) changed, as an OCI layer tar, to stdout',
+      (c) => c.positional('id', { type: 'string', demandOption: true }),
+      async (args) => {
+        if (process.stdout.isTTY) throw new LayerfsError('EUSAGE', 'layer diff', 'refusing to write a tar to a terminal: redirect stdout');
+        await withService(args, async (svc) => pipeline(await svc.layerDiff(args.id), process.stdout, { end: false }));
+      },
+    )
+    .command<A<{ id: string; mnt: string; driver: DriverName }>>(
+      'mount <id> <mnt>',
+      'read-only view of one layer alone, whiteouts shown as stored',
+      (c) =>
+        c
+          .positional('id', { type: 'string', demandOption: true })
+          .positional('mnt', { type: 'string', demandOption: true })
+          .option('driver', { choices: DRIVERS, default: 'auto' as DriverName, describe: 'driver whose host checks apply (the view itself is a read-only bind mount)' }),
+      async (args) => {
+        const mnt = await withService(args, (svc) => svc.mountLayer(args.id, args.mnt, args.driver));
+        if (args.json) printJson({ mountpoint: mnt });
+      },
+    );
+}

@@ -37,7 +37,7 @@ export interface ApplyResult {
 }
 
 const SMALL_FILE = 1 << 20;
-const MAX_JOBS = 64;
+const MAX_JOBS = Number(process.env.LAYERFS_APPLY_JOBS) || 64; // tuning knob for benchmarks
 const MAX_JOB_BYTES = 64 << 20;
 const WHITEOUT_PREFIX = '.wh.';
 const OPAQUE_MARKER = '.wh..wh..opq';

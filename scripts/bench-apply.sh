@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark: layerfs applyLayer vs GNU tar -x on the same large layer tar built from /usr.
+# usage: scripts/bench-apply.sh [rounds]      (env BENCH_PATHS="usr/share usr/bin usr/include" to change the input)
+# Needs root (ownership, devices) and a prior `npm run build`. Scratch: /var/tmp/layerfs-bench (removed on exit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+paths=${BENCH_PATHS:-usr/share usr/bin usr/include}
+scratch=/var/tmp/layerfs-bench
+entry=dist/scripts/bench-apply-entry.js
+[ -f "$entry" ] || { echo "bench: $entry missing; run npm run build" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "bench: run as root (GNU tar --same-owner and layerfs both chown)" >&2; exit 1; }
+
+cleanup() { rm -rf "$scratch"; }
+trap cleanup EXIT
+rm -rf "$scratch"
+mkdir -p "$scratch"
+
+echo "building layer tar from / : $paths"
+# --xattrs so both extractors get the same PAX xattr records; GNU format output (PAX where needed)
+tar -C / --xattrs --format=pax -cf "$scratch/layer.tar" $paths 2>/dev/null || true
+tar_bytes=$(stat -c %s "$scratch/layer.tar")
+entries=$(tar -tf "$scratch/layer.tar" | wc -l)
+printf 'layer tar: %d MB, %d entries\n' $((tar_bytes / 1000000)) "$entries"
+cat "$scratch/layer.tar" >/dev/null # warm the page cache for both readers
+
+now() { date +%s.%N; }
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
+
+best_tar=999999 best_lfs=999999 best_tar_sync=999999 best_lfs_sync=999999
+for r in $(seq 1 "$rounds"); do
+  for who in tar layerfs; do
+    out="$scratch/out-$who"
+    rm -rf "$out"; mkdir -p "$out"; sync
+    t0=$(now)
+    if [ "$who" = tar ]; then
+      tar -C "$out" --same-owner -p --xattrs --xattrs-include='*' -xf "$scratch/layer.tar"
+    else
+      node "$entry" "$scratch/layer.tar" "$out" >"$scratch/lfs.json"
+    fi
+    t1=$(now)
+    sync
+    t2=$(now)
+    el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    els=$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }')
+    printf 'round %d %-8s %6.2fs  %7s MB/s   (incl. sync %6.2fs  %7s MB/s)\n' "$r" "$who" "$el" "$(mbps "$tar_bytes" "$el")" "$els" "$(mbps "$tar_bytes" "$els")"
+    if [ "$who" = tar ]; then
+      best_tar=$(awk -v a="$best_tar" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
+      best_tar_sync=$(awk -v a="$best_tar_sync" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
+    else
+      best_lfs=$(awk -v a="$best_lfs" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
+      best_lfs_sync=$(awk -v a="$best_lfs_sync" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
+    fi
+  done
+  # sanity: both trees hold the same files (names + sizes)
+  if [ "$r" = 1 ]; then
+    (cd "$scratch/out-tar" && find . -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/tar.lst"
+    (cd "$scratch/out-layerfs" && find . -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/lfs.lst"
+    if ! cmp -s "$scratch/tar.lst" "$scratch/lfs.lst"; then
+      echo "bench: WARNING: trees differ:"; diff "$scratch/tar.lst" "$scratch/lfs.lst" | head -20
+    fi
+  fi
+done
+rm -rf "$scratch/out-tar" "$scratch/out-layerfs"
+
+echo
+printf 'best of %d, extraction only : layerfs %s MB/s, GNU tar %s MB/s, ratio layerfs/tar %s\n' "$rounds" \
+  "$(mbps "$tar_bytes" "$best_lfs")" "$(mbps "$tar_bytes" "$best_tar")" "$(awk -v a="$best_tar" -v b="$best_lfs" 'BEGIN { printf "%.2f", a / b }')"
+printf 'best of %d, including sync  : layerfs %s MB/s, GNU tar %s MB/s, ratio layerfs/tar %s\n' "$rounds" \
+  "$(mbps "$tar_bytes" "$best_lfs_sync")" "$(mbps "$tar_bytes" "$best_tar_sync")" "$(awk -v a="$best_tar_sync" -v b="$best_lfs_sync" 'BEGIN { printf "%.2f", a / b }')"

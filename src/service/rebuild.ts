@@ -1,6 +1,7 @@
 import { logger } from '../common/log.js';
 import type { Index, IndexedLayer } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from '../scanner/readiness.js';
 
 export interface StoreSnapshot {
   layers: Map<string, LayerRecord>;
@@ -18,33 +19,29 @@ export interface StoreSnapshot {
 export async function readStore(store: Store): Promise<StoreSnapshot> {
   const notReady: string[] = [];
   const junk: string[] = [];
-  const dataIds = new Set((await store.listSharedIds('overlay')).ids);
+  const dataList = await store.listSharedIds('overlay');
+  const dataIds = new Set(dataList.ids);
+  junk.push(...dataList.junk.map((n) => `overlay/${n}`));
   const metaList = await store.listSharedIds('overlay-layers');
   junk.push(...metaList.junk.map((n) => `overlay-layers/${n}`));
   const candidates = new Map<string, LayerRecord>();
   for (const id of metaList.ids) {
-    const rec = await store.readSharedLayer(id);
-    if (!rec || rec.id !== id || rec.rw) {
-      notReady.push(`overlay-layers/${id}`);
+    const r = await readLayerRecord(store, id);
+    if (r.kind !== 'ok') {
+      if (r.kind === 'bad') junk.push(`overlay-layers/${id} (${r.why})`);
+      else notReady.push(`overlay-layers/${id}`);
       continue;
     }
-    if (!dataIds.has(id)) {
+    if (!dataIds.has(id) || !(await layerDataPresent(store, id))) {
       notReady.push(`overlay/${id}`);
       continue;
     }
-    candidates.set(id, rec);
+    candidates.set(id, r.rec);
   }
-  // parents first: a layer is ready only when its whole chain is
-  const layers = new Map<string, LayerRecord>();
-  const readyCheck = (id: string, depth = 0): boolean => {
-    if (layers.has(id)) return true;
-    const rec = candidates.get(id);
-    if (!rec || depth > 1000) return false;
-    if (rec.parent && !readyCheck(rec.parent, depth + 1)) return false;
-    layers.set(id, rec);
-    return true;
-  };
-  for (const id of candidates.keys()) if (!readyCheck(id)) notReady.push(`overlay-layers/${id} (parent not ready)`);
+  // parents first: a layer is ready only when its whole chain is (the rules are in src/scanner)
+  const { ready, waiting } = resolveLayerChains(candidates, () => false);
+  const layers = new Map<string, LayerRecord>(ready);
+  for (const id of waiting) notReady.push(`overlay-layers/${id} (parent not ready)`);
   for (const id of await store.listLocalRWIds()) {
     const rec = await store.readLocalLayer(id);
     if (rec && rec.rw && rec.id === id) layers.set(id, rec);
@@ -54,16 +51,17 @@ export async function readStore(store: Store): Promise<StoreSnapshot> {
   const imgList = await store.listSharedIds('overlay-images');
   junk.push(...imgList.junk.map((n) => `overlay-images/${n}`));
   for (const id of imgList.ids) {
-    const rec = await store.readSharedImage(id);
-    if (!rec || rec.id !== id) {
-      notReady.push(`overlay-images/${id}`);
+    const r = await readImageRecord(store, id);
+    if (r.kind !== 'ok') {
+      if (r.kind === 'bad') junk.push(`overlay-images/${id} (${r.why})`);
+      else notReady.push(`overlay-images/${id}`);
       continue;
     }
-    if (!rec.layers.every((l) => layers.has(l) && !layers.get(l)!.rw)) {
+    if (!imageLayersReady(r.rec, (l) => ready.has(l))) {
       notReady.push(`overlay-images/${id} (layers not ready)`);
       continue;
     }
-    images.set(id, rec);
+    images.set(id, r.rec);
   }
   return { layers, images, notReady, junk };
 }

@@ -1,0 +1,100 @@
+/**
+ * `layerfs daemon`: the reader's periodic refresh. One per root (a pid lock file under the root).
+ *
+ * The daemon opens the root's LevelDB only for the length of each scan, so the CLI (which opens it
+ * per command) keeps working while the daemon runs: whoever comes second waits for LevelDB's LOCK
+ * (`Index.open` polls for it) instead of failing.
+ */
+import path from 'node:path';
+import { LayerfsError } from '../common/errors.js';
+import { logger } from '../common/log.js';
+import { Index } from '../index/index.js';
+import { rebuildIndex } from '../service/rebuild.js';
+import { FileLock, type Store } from '../store/index.js';
+import { type ScanResult, scanChanged, scanOnce } from './scanner.js';
+
+export interface DaemonOptions {
+  /** Seconds between scans. */
+  interval: number;
+  /** Stop after this many scans (tests); default: run until SIGTERM/SIGINT. */
+  maxScans?: number;
+}
+
+export function daemonLockFile(store: Store): string {
+  return path.join(store.root, 'daemon.lock');
+}
+
+/** Open the index (waiting for another process to let go of it), rebuilding it if it is new. */
+export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T>): Promise<T> {
+  const index = await Index.open(store.indexDir);
+  try {
+    if (index.created) await rebuildIndex(store, index);
+    return await fn(index);
+  } finally {
+    await index.close();
+  }
+}
+
+/** Run one scan with the index opened for its length. */
+export async function scanStore(store: Store, opts: { full?: boolean } = {}): Promise<ScanResult> {
+  return withIndex(store, (index) => scanOnce(store, index, opts));
+}
+
+export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void> {
+  if (!(opts.interval > 0)) throw new LayerfsError('EUSAGE', '--interval', 'must be a positive number of seconds');
+  const log = logger();
+  const lock = await FileLock.acquire(daemonLockFile(store), 'daemon').catch((err: unknown) => {
+    if (err instanceof LayerfsError && err.code === 'ELOCKED') {
+      throw new LayerfsError('ELOCKED', `daemon on ${store.root}`, `already running (${err.message.replace(/^[^:]*: /, '')})`);
+    }
+    throw err;
+  });
+  let stopping = false;
+  let wake: (() => void) | null = null;
+  const stop = (signal: string) => {
+    if (!stopping) log.info({ signal }, 'daemon stopping');
+    stopping = true;
+    wake?.();
+  };
+  const onTerm = () => stop('SIGTERM');
+  const onInt = () => stop('SIGINT');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
+  try {
+    // index upkeep: we are the only daemon on this root; temp dirs left in the root by a crash go now
+    await withIndex(store, async () => store.removeStaleTemps(store.root));
+    const refresh = store.role === 'reader';
+    log.info({ root: store.root, shared: store.shared, role: store.role, interval: opts.interval, refresh }, refresh ? 'daemon started' : 'daemon started (writer: refresh off)');
+    let scans = 0;
+    while (!stopping) {
+      if (refresh) {
+        try {
+          log.debug('scan start');
+          const r = await scanStore(store);
+          scans++;
+          const summary = { added: r.added, removed: r.removed, updated: r.updated.images, missing: r.missing, waiting: r.waiting, io: r.io };
+          if (scanChanged(r)) log.info(summary, 'scan: store changed');
+          else log.debug(summary, 'scan: no change');
+        } catch (err) {
+          // a scan that fails (NFS hiccup, index busy for long) is retried at the next interval
+          log.error({ err }, 'scan failed');
+        }
+      }
+      if (opts.maxScans !== undefined && scans >= opts.maxScans) break;
+      if (stopping) break;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, opts.interval * 1000);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      wake = null;
+    }
+  } finally {
+    process.off('SIGTERM', onTerm);
+    process.off('SIGINT', onInt);
+    await lock.release();
+    log.info('daemon stopped');
+  }
+}

@@ -8,6 +8,7 @@ import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile, lstat, read
 import type { ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
+import { forceUnmount } from './lib/mounts.js';
 import { cli, cliOk, cliSpawn } from './lib/cli.js';
 import { makeImage, writeOciLayout, type TestImage } from './lib/images.js';
 import { genStore } from '../scripts/gen-store.js';
@@ -125,13 +126,31 @@ describe('shared store across hosts', () => {
       assert.equal(await readlink(path.join(B.LAYERFS_ROOT, 'overlay', top)), `RO/${top}`);
       assert.equal(await readFile(path.join(B.LAYERFS_ROOT, 'overlay', top, 'diff', 'app', 'one'), 'utf8'), 'hello from one\n');
 
-      // TODO(#6 + drivers): `layerfs mount` landed (e3249ce) just as this test was finished and is not
-      // used here yet. To add: the reader mounts the image with `--driver overlay` and reads app/one;
-      // while mounted, `image rm` on the writer marks both layers missing (`layer ls` STATE missing,
-      // `status` missingLayers); after `umount --rm` the next scan drops them. The scanner's side of it
-      // is covered by the next test with an RW layer record made by hand.
-
-      await cliOk(['image', 'rm', id], A);
+      // the reader mounts the image (kernel overlay) and reads through it
+      const mnt = path.join(scratch, 'reader-mnt');
+      try {
+        await cliOk(['mount', id, mnt, '--driver', 'overlay'], B);
+        assert.equal(await readFile(path.join(mnt, 'app', 'one'), 'utf8'), 'hello from one\n');
+        // the writer removes the image: while the reader's RW layer sits on its layers, they are kept, marked missing
+        await cliOk(['image', 'rm', id], A);
+        await waitFor('the reader to drop the image', async () => (JSON.parse(await cliOk(['image', 'ls', '--json'], B)) as unknown[]).length === 0, 10_000);
+        const missing = await waitFor(
+          'the reader to mark the layers missing',
+          async () => {
+            const ls = JSON.parse(await cliOk(['layer', 'ls', '--json'], B)) as { id: string; rw: boolean; missing?: boolean }[];
+            const ro = ls.filter((l) => !l.rw);
+            return ro.length === 2 && ro.every((l) => l.missing) ? ro : undefined;
+          },
+          10_000,
+        );
+        const st = JSON.parse(await cliOk(['status', '--json'], B)) as { missingLayers: string[] };
+        assert.deepEqual([...st.missingLayers].sort(), missing.value.map((l) => l.id).sort());
+        assert.match(await cliOk(['layer', 'ls'], B), /missing/);
+      } finally {
+        await cliOk(['umount', mnt, '--rm'], B).catch(() => undefined);
+        await forceUnmount(mnt);
+      }
+      // once nothing uses them, the next scan drops them
       await waitFor('the reader to drop the image', async () => (JSON.parse(await cliOk(['image', 'ls', '--json'], B)) as unknown[]).length === 0, 10_000);
       await waitFor('the reader to drop the layers', async () => (JSON.parse(await cliOk(['layer', 'ls', '--json'], B)) as unknown[]).length === 0, 10_000);
       assert.deepEqual((await readdir(path.join(B.LAYERFS_ROOT, 'overlay'))).filter(isId), [], 'symlinks removed');

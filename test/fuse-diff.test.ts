@@ -13,8 +13,9 @@
  *  - st_nlink of dirs: not compared (the kernel reports 1 for merged dirs; so do we, but the rule is the kernel's
  *    internal notion of "merged", which differs after a layerfs dir rename).
  */
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { constants as fsc } from 'node:fs';
 import { open, truncate, rename, unlink, mkdir, rmdir, symlink, link, chmod, lchown, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../src/common/native.js';
@@ -62,7 +63,8 @@ function makeOp(r: () => number, known: string[]): Op {
       name: 'write',
       args: [p, off, data.length],
       run: async (root) => {
-        const fh = await open(path.join(root, p), 'r+');
+        // O_NONBLOCK: a FIFO without a reader must fail (ENXIO), not hang the test
+        const fh = await open(path.join(root, p), fsc.O_RDWR | fsc.O_NONBLOCK);
         try {
           await fh.write(data, 0, data.length, off);
         } finally {
@@ -112,7 +114,8 @@ function makeOp(r: () => number, known: string[]): Op {
     return { name: 'setxattr', args: [p, key, flags], run: async (root) => native.lsetxattr(path.join(root, p), key, val, flags) };
   }
   const data = bytes(Math.floor(r() * 3000));
-  return { name: 'rewrite', args: [p, data.length], run: (root) => writeFile(path.join(root, p), data) };
+  const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_TRUNC | fsc.O_NONBLOCK;
+  return { name: 'rewrite', args: [p, data.length], run: (root) => writeFile(path.join(root, p), data, { flag: flags, mode: 0o644 }) };
 }
 
 async function outcome(op: Op, root: string): Promise<string> {
@@ -124,10 +127,15 @@ async function outcome(op: Op, root: string): Promise<string> {
   }
 }
 
+const live: Mounted[] = [];
+after(async () => {
+  for (const m of live.reverse()) await m.stop().catch(() => undefined);
+});
+
 test('differential: random ops on kernel overlay vs layerfs FUSE', { timeout: 200_000 }, async () => {
   const seed = Number(process.env.LAYERFS_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
   const dir = await tmpDir('fuzz');
-  const mounts: Mounted[] = [];
+  const mounts = live;
   let step = -1;
   let last = '';
   try {
@@ -138,6 +146,7 @@ test('differential: random ops on kernel overlay vs layerfs FUSE', { timeout: 20
     const f = await mountFuse(lowers, path.join(dir, 'mf'), path.join(dir, 'uf'), path.join(dir, 'wf'));
     mounts.push(f);
     const r = rng(seed);
+    console.log(`# seed ${seed}`);
     let known = [...(await snapshot(k.mnt)).keys()].filter((p) => p !== '.');
     const opts = { fileNlink: true, dirNlink: false };
     let skipped = 0;
@@ -149,6 +158,7 @@ test('differential: random ops on kernel overlay vs layerfs FUSE', { timeout: 20
         skipped++; // lower dir rename: known difference (see the header)
         continue;
       }
+      if (process.env.LAYERFS_FUZZ_TRACE) console.log(`# ${step} ${last} ...`);
       const rf = await outcome(op, f.mnt);
       if (process.env.LAYERFS_FUZZ_TRACE) console.log(`# ${step} ${last} -> ${rk}/${rf}`);
       assert.equal(rf, rk, `seed ${seed} step ${step} ${last}: fuse=${rf} kernel=${rk}`);

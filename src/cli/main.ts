@@ -8,6 +8,7 @@ import { applyCommand, imageCommand, indexCommand, layerCommand, statusCommand }
 import { fuseCommand } from './cmd-fuse.js';
 import { commitCommand, mountCommand, mountInfoCommand, umountCommand } from './cmd-mount.js';
 import { daemonCommand, scanCommand } from './cmd-daemon.js';
+import { snapshotterCommand } from './cmd-snapshotter.js';
 
 /** `layerfs: <what>: <why>` for our errors; system errors keep their message. */
 export function formatError(err: unknown): string {
@@ -17,7 +18,7 @@ export function formatError(err: unknown): string {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, mountCommand, umountCommand, commitCommand, mountInfoCommand, fuseCommand, daemonCommand, scanCommand] as CommandModule<GlobalArgs, never>[];
+  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, mountCommand, umountCommand, commitCommand, mountInfoCommand, fuseCommand, daemonCommand, scanCommand, snapshotterCommand] as CommandModule<GlobalArgs, never>[];
   let y = globalOptions(yargs(argv).scriptName('layerfs'))
     .middleware((a) => setLogLevel(String(a['log-level'])))
     .strict()

@@ -22,6 +22,19 @@ export interface MountRecord {
   created: string;
 }
 
+/** A containerd snapshot (the `layerfs snapshotter` gRPC service), keyed by its snapshotter key. */
+export interface SnapshotRecord {
+  key: string;
+  kind: 'view' | 'active' | 'committed';
+  /** The parent snapshot's key (a committed snapshot), or null. */
+  parent: string | null;
+  labels: Record<string, string>;
+  created: string;
+  updated: string;
+  /** active: its RW layer; committed: its RO layer; view: the parent's RO layer (null without parent). */
+  layer: string | null;
+}
+
 type Sub = ReturnType<Level<string, unknown>['sublevel']>;
 
 /**
@@ -74,7 +87,7 @@ export class Index {
     await this.db.close();
   }
 
-  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount'): Sub {
+  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot'): Sub {
     return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
   }
 
@@ -131,6 +144,20 @@ export class Index {
   }
   async listMounts(): Promise<MountRecord[]> {
     return (await this.sub('mount').values().all()) as MountRecord[];
+  }
+
+  // ---- containerd snapshots (keyed by snapshot key; kept by clear(): the disk cannot tell them)
+  async putSnapshot(rec: SnapshotRecord): Promise<void> {
+    await this.sub('snapshot').put(rec.key, rec);
+  }
+  async getSnapshot(key: string): Promise<SnapshotRecord | undefined> {
+    return (await this.sub('snapshot').get(key)) as SnapshotRecord | undefined;
+  }
+  async delSnapshot(key: string): Promise<void> {
+    await this.sub('snapshot').del(key);
+  }
+  async listSnapshots(): Promise<SnapshotRecord[]> {
+    return (await this.sub('snapshot').values().all()) as SnapshotRecord[];
   }
 
   // ---- meta

@@ -12,9 +12,9 @@ CLI="node $PWD/dist/src/cli/main.js"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 1
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   grep " $T" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  rm -rf "$T"
+  rm -rf "$T" || { sleep 1; rm -rf "$T"; }
 }
 trap cleanup EXIT
 

@@ -1,6 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import { logger } from '../common/log.js';
-import { startSnapshotterServer } from '../snapshotter/server.js';
+import { startSnapshotterServer } from '../snapshotter/index.js';
 import type { GlobalArgs } from './context.js';
 
 type A<T = object> = GlobalArgs & T;

@@ -12,7 +12,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { chainIds, hostPlatform } from '../src/image/index.js';
+import { chainIds, hostPlatform, parseChallenges, parseRef } from '../src/image/index.js';
 import { cli, cliOk } from './lib/cli.js';
 import { makeImage, writeOciLayout, type TestImage } from './lib/images.js';
 import { sha256 } from './lib/tarbuild.js';
@@ -433,5 +433,37 @@ describe('image pull from a registry', () => {
       assert.deepEqual(imp.names, [`127.0.0.1:${proxy.port}/lib/base:v1`], 'the name comes back from index.json');
       assert.equal(await readFile(path.join(env.LAYERFS_ROOT, 'overlay', imp.layers[1], 'diff/b/f0'), 'utf8'), 'b file 0\n'.repeat(50));
     }
+  });
+});
+
+describe('registry references and auth challenges', () => {
+  test('references: host detection, docker.io defaults, tags and digests', () => {
+    const d = 'sha256:' + 'ab'.repeat(32);
+    assert.deepEqual(
+      { ...parseRef('127.0.0.1:5000/busybox') },
+      { registry: '127.0.0.1:5000', endpoint: '127.0.0.1:5000', repository: 'busybox', tag: 'latest', digest: null, reference: 'latest', name: '127.0.0.1:5000/busybox:latest' },
+    );
+    const byDigest = parseRef(`host.example/ns/app@${d}`);
+    assert.deepEqual([byDigest.registry, byDigest.repository, byDigest.reference, byDigest.name], ['host.example', 'ns/app', d, `host.example/ns/app@${d}`]);
+    const hub = parseRef('alpine:3.19');
+    assert.deepEqual([hub.registry, hub.endpoint, hub.repository, hub.tag], ['docker.io', 'registry-1.docker.io', 'library/alpine', '3.19']);
+    assert.equal(parseRef('localhost/x/y:1').registry, 'localhost');
+    assert.equal(parseRef('user/repo').repository, 'user/repo');
+    assert.throws(() => parseRef('Bad/Name'), /bad repository name/);
+    assert.throws(() => parseRef('h.io/a@sha256:12'), /digest/);
+  });
+
+  test('WWW-Authenticate: bearer and basic challenges', () => {
+    assert.deepEqual(parseChallenges('Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push"'), [
+      { scheme: 'bearer', params: { realm: 'https://auth.example/token', service: 'registry.example', scope: 'repository:a/b:pull,push' } },
+    ]);
+    assert.deepEqual(parseChallenges('Basic realm="Registry Realm"'), [{ scheme: 'basic', params: { realm: 'Registry Realm' } }]);
+    assert.deepEqual(
+      parseChallenges('Basic realm="a", Bearer realm="b",service=s').map((c) => [c.scheme, c.params.realm]),
+      [
+        ['basic', 'a'],
+        ['bearer', 'b'],
+      ],
+    );
   });
 });

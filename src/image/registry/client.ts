@@ -101,11 +101,11 @@ export class RegistryClient {
       req.setTimeout(this.timeoutMs, () => req.destroy(new Error(`no response for ${this.timeoutMs / 1000}s`)));
       req.on('error', (err: NodeJS.ErrnoException) => {
         if (err.name === 'AbortError') return reject(err);
-        const hint =
+        const why =
           url.protocol === 'https:' && /wrong version number|EPROTO|packet length too long/i.test(`${err.code} ${err.message}`)
-            ? ' (plain-HTTP registry? use --insecure)'
-            : '';
-        reject(new LayerfsError('EREGISTRY', `registry ${url.host}`, `cannot reach ${url.protocol}//${url.host}: ${err.code ?? ''} ${err.message}`.replace(/\s+/g, ' ').trim() + hint, { cause: err }));
+            ? 'TLS handshake failed (a plain-HTTP registry? use --insecure)'
+            : `${err.code ?? ''} ${err.message}`.replace(/\s+/g, ' ').trim();
+        reject(new LayerfsError('EREGISTRY', `registry ${url.host}`, `cannot reach ${url.protocol}//${url.host}: ${why}`, { cause: err }));
       });
       req.end();
     });

@@ -11,7 +11,7 @@ type A<T = object> = GlobalArgs & T;
 
 export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'image <command>',
-  describe: 'import, list, inspect and remove images',
+  describe: 'import, pull, export, list, inspect and remove images',
   builder: (y: Argv<GlobalArgs>) =>
     y
       .command<A<{ path: string; name?: string[] }>>(

@@ -42,7 +42,7 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     finish();
   };
   // the libfuse loop runs on its own thread: watch the mount table to learn that the mount is gone
-  let seen = false;
+  let seen = true; // mount() resolved: it is mounted (an unmount may come before the first poll)
   const timer = setInterval(() => {
     isMounted(cfg.mountpoint).then(
       (m) => {

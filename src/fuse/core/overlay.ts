@@ -259,8 +259,8 @@ export class Overlay implements CopyUpHost {
         res = { st, upper: true, lowerPath: null, lowerLayer: -1, lowerDirs: [] };
         if (!st.isDirectory()) return res;
         if (await isOpaqueDir(path.join(dir, name))) return res;
-        if (await lstatOrNull(path.join(dir, WH_PREFIX + name))) return res;
-      } else if (await lstatOrNull(path.join(dir, WH_PREFIX + name))) {
+        if (await whFileExists(dir, name)) return res;
+      } else if (await whFileExists(dir, name)) {
         return null;
       }
     }
@@ -427,7 +427,7 @@ export class Overlay implements CopyUpHost {
     const upperWhiteout = ust !== null && isWhiteoutStat(ust);
     if (ust && !upperWhiteout) throw fsErr('EEXIST');
     const whFile = path.join(dir, WH_PREFIX + name);
-    const hasWhFile = (await lstatOrNull(whFile)) !== null;
+    const hasWhFile = await whFileExists(dir, name);
     this.touched(p);
     if (!upperWhiteout && !hasWhFile) {
       await make(target);
@@ -657,8 +657,7 @@ export class Overlay implements CopyUpHost {
       } else {
         await rename(from, to);
       }
-      const whFile = path.join(this.upperPath(dp), WH_PREFIX + newName);
-      if (await lstatOrNull(whFile)) await unlink(whFile);
+      if (await whFileExists(this.upperPath(dp), newName)) await unlink(path.join(this.upperPath(dp), WH_PREFIX + newName));
       if (dst) {
         dst.removeLink(dp, newName);
         if (dst.kind === 'dir') this.forget(dst);
@@ -874,6 +873,12 @@ export class Overlay implements CopyUpHost {
 function openFlags(flags: number): number {
   const strip = fsc.O_CREAT | fsc.O_EXCL | fsc.O_TRUNC | fsc.O_APPEND | fsc.O_NOCTTY | (fsc.O_DIRECT ?? 0);
   return flags & ~strip;
+}
+
+/** A `.wh.NAME` file in an upper dir (never written by us, but honoured). Names too long for one cannot have it. */
+async function whFileExists(dir: string, name: string): Promise<boolean> {
+  if (Buffer.byteLength(name) + WH_PREFIX.length > NAME_MAX) return false;
+  return (await lstatOrNull(path.join(dir, WH_PREFIX + name))) !== null;
 }
 
 function hasXattr(p: string, name: string): boolean {

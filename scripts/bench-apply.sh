@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: layerfs applyLayer vs GNU tar -x on the same large layer tar built from /usr.
 # usage: scripts/bench-apply.sh [rounds]      (env BENCH_PATHS="usr/share usr/bin usr/include" to change the input)
+# env BENCH_OTHER=<path to another build's bench-apply-entry.js> adds it as contender "other" in the
+# same run (e.g. a copy of dist/ from before a change, outside the repo: not something to commit).
 # Needs root (ownership, devices) and a prior `npm run build`. Scratch: /var/tmp/layerfs-bench (removed on exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,14 +29,22 @@ cat "$scratch/layer.tar" >/dev/null # warm the page cache for both readers
 now() { date +%s.%N; }
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
 
-best_tar=999999 best_lfs=999999 best_tar_sync=999999 best_lfs_sync=999999
+contenders="tar layerfs"
+if [ -n "${BENCH_OTHER:-}" ]; then
+  [ -f "$BENCH_OTHER" ] || { echo "bench: BENCH_OTHER=$BENCH_OTHER missing" >&2; exit 1; }
+  contenders="tar layerfs other"
+fi
+declare -A best best_sync
+for who in $contenders; do best[$who]=999999; best_sync[$who]=999999; done
 for r in $(seq 1 "$rounds"); do
-  for who in tar layerfs; do
+  for who in $contenders; do
     out="$scratch/out-$who"
     rm -rf "$out"; mkdir -p "$out"; sync
     t0=$(now)
     if [ "$who" = tar ]; then
       tar -C "$out" --same-owner -p --xattrs --xattrs-include='*' -xf "$scratch/layer.tar"
+    elif [ "$who" = other ]; then
+      node "$BENCH_OTHER" "$scratch/layer.tar" "$out" >"$scratch/other.json"
     else
       node "$entry" "$scratch/layer.tar" "$out" >"$scratch/lfs.json"
     fi
@@ -44,13 +54,8 @@ for r in $(seq 1 "$rounds"); do
     el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
     els=$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }')
     printf 'round %d %-8s %6.2fs  %7s MB/s   (incl. sync %6.2fs  %7s MB/s)\n' "$r" "$who" "$el" "$(mbps "$tar_bytes" "$el")" "$els" "$(mbps "$tar_bytes" "$els")"
-    if [ "$who" = tar ]; then
-      best_tar=$(awk -v a="$best_tar" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
-      best_tar_sync=$(awk -v a="$best_tar_sync" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
-    else
-      best_lfs=$(awk -v a="$best_lfs" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
-      best_lfs_sync=$(awk -v a="$best_lfs_sync" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
-    fi
+    best[$who]=$(awk -v a="${best[$who]}" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
+    best_sync[$who]=$(awk -v a="${best_sync[$who]}" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
   done
   # sanity: both trees hold the same files (names + sizes)
   if [ "$r" = 1 ]; then
@@ -59,12 +64,24 @@ for r in $(seq 1 "$rounds"); do
     if ! cmp -s "$scratch/tar.lst" "$scratch/lfs.lst"; then
       echo "bench: WARNING: trees differ:"; diff "$scratch/tar.lst" "$scratch/lfs.lst" | head -20
     fi
+    if [ -n "${BENCH_OTHER:-}" ]; then
+      (cd "$scratch/out-other" && find . -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/other.lst"
+      cmp -s "$scratch/tar.lst" "$scratch/other.lst" || echo "bench: WARNING: tar and other trees differ"
+      [ "$(grep -o '"diffDigest":"[^"]*"' "$scratch/lfs.json")" = "$(grep -o '"diffDigest":"[^"]*"' "$scratch/other.json")" ] ||
+        echo "bench: WARNING: layerfs and other report different diff digests"
+    fi
   fi
 done
-rm -rf "$scratch/out-tar" "$scratch/out-layerfs"
+rm -rf "$scratch"/out-*
 
 echo
-printf 'best of %d, extraction only : layerfs %s MB/s, GNU tar %s MB/s, ratio layerfs/tar %s\n' "$rounds" \
-  "$(mbps "$tar_bytes" "$best_lfs")" "$(mbps "$tar_bytes" "$best_tar")" "$(awk -v a="$best_tar" -v b="$best_lfs" 'BEGIN { printf "%.2f", a / b }')"
-printf 'best of %d, including sync  : layerfs %s MB/s, GNU tar %s MB/s, ratio layerfs/tar %s\n' "$rounds" \
-  "$(mbps "$tar_bytes" "$best_lfs_sync")" "$(mbps "$tar_bytes" "$best_tar_sync")" "$(awk -v a="$best_tar_sync" -v b="$best_lfs_sync" 'BEGIN { printf "%.2f", a / b }')"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+for kind in "extraction only" "including sync "; do
+  line="best of $rounds, $kind :"
+  for who in $contenders; do
+    if [ "$kind" = "extraction only" ]; then t=${best[$who]}; else t=${best_sync[$who]}; fi
+    line+=" $who $(mbps "$tar_bytes" "$t") MB/s"
+    [ "$who" = tar ] || line+=" (x$(ratio "$( [ "$kind" = "extraction only" ] && echo "${best[tar]}" || echo "${best_sync[tar]}")" "$t") of tar),"
+  done
+  echo "${line%,}"
+done

@@ -205,9 +205,47 @@ const cases: Case[] = [
     code: 'EDIGEST',
   },
   {
+    name: 'empty stream',
+    tar: () => Buffer.alloc(0),
+    names: '(start of archive)',
+    why: /truncated/,
+  },
+  {
+    name: 'PAX header and then the end of the stream',
+    tar: () => Buffer.concat([rawEntry({ name: 'a', flag: '0' }, 'x'), paxHeader([['path', 'late']])]),
+    names: 'PaxHeaders/x',
+    why: /truncated/,
+  },
+  {
+    // tar-stream skips zero blocks after an extended header; GNU tar and Go's archive/tar stop there
+    name: 'end-of-archive marker between a PAX header and its entry (hidden entry)',
+    tar: () => Buffer.concat([paxHeader([['path', 'hidden']]), END, rawEntry({ name: 'x', flag: '0' }, 'x'), END]),
+    names: 'hidden',
+    why: /end-of-archive/,
+  },
+  {
+    name: 'zero block followed by a non-zero block',
+    tar: () => Buffer.concat([rawEntry({ name: 'a', flag: '0' }, 'x'), Buffer.alloc(512), rawEntry({ name: 'b', flag: '0' }, 'y'), END]),
+    names: '"a"',
+    why: /garbage after a zero block/,
+  },
+  {
+    name: 'unknown entry type',
+    tar: () => rawTar(rawEntry({ name: 'odd', flag: 'X' })),
+    names: 'odd',
+    why: /unsupported tar entry type/,
+  },
+  {
     name: 'GNU sparse entry',
     tar: () => rawTar(rawEntry({ name: 'sparse', flag: 'S', format: 'gnu' })),
     names: 'sparse',
+    why: /sparse/,
+  },
+  {
+    name: 'GNU sparse entry (PAX 1.0 records)',
+    tar: () => rawTar(paxHeader([['GNU.sparse.major', '1'], ['GNU.sparse.minor', '0'], ['GNU.sparse.name', 'sp']]), rawEntry({ name: 'GNUSparseFile.0/sp', flag: '0' }, 'x')),
+    names: 'sp',
+    why: /sparse/,
   },
 ];
 

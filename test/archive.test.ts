@@ -143,6 +143,37 @@ test('diff digest covers bytes after the end-of-archive marker', async () => {
   });
 });
 
+test('reading stops at the end-of-archive marker; what follows is only digested (as GNU tar, Go archive/tar)', async () => {
+  await withTmp(async (tmp) => {
+    const first = await buildTar([{ name: 'a', content: 'x' }]);
+    const second = await buildTar([{ name: 'b', content: 'y' }]);
+    for (const [label, tail] of [['a second tar', second], ['garbage', Buffer.from('not a header '.repeat(100))]] as const) {
+      const tar = Buffer.concat([first, tail]);
+      const dir = await layerDir(tmp, label.replace(' ', '-'));
+      const r = await applyLayer(chunked(tar, 300), dir);
+      assert.equal(r.diffDigest, sha256(tar), label);
+      assert.deepEqual([...(await snapshot(dir)).keys()], ['a'], label);
+    }
+  });
+});
+
+test('PAX numeric records, atime, LIBARCHIVE xattrs and a lone end block are honoured', async () => {
+  await withTmp(async (tmp) => {
+    const tar = Buffer.concat([
+      paxHeader([['uid', '3000000'], ['gid', '4000000'], ['mtime', '1600000000.5'], ['atime', '1500000000'], ['LIBARCHIVE.xattr.user.b64', Buffer.from([0xde, 0xad, 0xbe, 0xef]).toString('base64')]]),
+      rawEntry({ name: 'p', flag: '0', uid: 1, gid: 2 }, 'p'),
+      Buffer.alloc(512), // one zero block at the very end: tolerated as GNU tar does
+    ]);
+    const dir = await layerDir(tmp);
+    await applyLayer(src(tar), dir);
+    const st = await lstat(path.join(dir, 'p'));
+    if (process.geteuid?.() === 0) assert.deepEqual([st.uid, st.gid], [3000000, 4000000]);
+    assert.equal(st.mtimeMs, 1600000000500);
+    assert.equal(st.atimeMs, 1500000000000);
+    assert.equal(xattrsOf(path.join(dir, 'p'))['user.b64'], 'deadbeef');
+  });
+});
+
 test('digest mismatch rejects with EDIGEST (diff and compressed)', async () => {
   await withTmp(async (tmp) => {
     const tar = await buildTar([{ name: 'a', content: 'x' }]);

@@ -8,6 +8,10 @@
  * link; final components are created with calls that never follow links (O_EXCL|O_NOFOLLOW, mkdir,
  * symlink, link, mknod, l*xattr, lchown, lutimes).
  *
+ * Parsing: tar-stream's extractor (PAX values made lossless for binary xattrs in tarstream-pax.ts).
+ * We feed it ourselves (Feed) so that we can see where each header starts: the end-of-archive
+ * marker, truncation between entries, and the checks on names, types and numbers are ours.
+ *
  * Speed: structural operations run in entry order; regular-file bodies up to SMALL_FILE bytes are
  * buffered and written by up to MAX_JOBS concurrent jobs while the stream moves on. Anything that
  * removes or replaces an existing path first waits for all jobs (rare in real layers).
@@ -18,12 +22,13 @@ import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import zlib from 'node:zlib';
+import { extract, type Extract, type Header } from 'tar-stream';
 import { badTar, isErrno, LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { native } from '../common/native.js';
 import * as f from './fsops.js';
 import { baseOf, joinRel, normalizeName, parentOf } from './paths.js';
-import { ByteReader, TarParser, type TarHeader } from './tarparse.js';
+import { decodeHeaderBlock, xattrBytes, XATTR_PAX_PREFIX } from './tarstream-pax.js'; // also makes tar-stream's PAX values lossless
 
 export interface ApplyOptions {
   expectDiffDigest?: string;
@@ -238,7 +243,7 @@ class Applier {
 
   // ---------- entries ----------
 
-  async apply(h: TarHeader, parser: TarParser): Promise<void> {
+  async apply(h: TarHeader, body: Body): Promise<void> {
     const entry = h.name;
     const rel = normalizeName(h.name, entry);
     if (h.xattrs) {
@@ -257,7 +262,7 @@ class Applier {
       case 'dir':
         return this.dir(rel, h, entry);
       case 'file':
-        return this.file(rel, h, entry, parser);
+        return this.file(rel, h, entry, body);
       case 'symlink':
         return this.symlink(rel, h, entry);
       case 'link':
@@ -310,7 +315,7 @@ class Applier {
     this.dirTimes.set(rel, this.times(h));
   }
 
-  private async file(rel: string, h: TarHeader, entry: string, parser: TarParser): Promise<void> {
+  private async file(rel: string, h: TarHeader, entry: string, body: Body): Promise<void> {
     await this.clear(rel, false);
     this.size += h.size;
     const abs = this.abs(rel);
@@ -326,11 +331,11 @@ class Applier {
     };
     if (h.size <= SMALL_FILE) {
       await this.room(h.size);
-      const body = await parser.body();
+      const data = await body.all();
       this.schedule(rel, h.size, async () => {
         const fd = await f.open(abs, CREATE_FLAGS, h.mode & 0o777);
         try {
-          if (body.length) await f.writeAll(fd, body);
+          if (data.length) await f.writeAll(fd, data);
           await finish(fd);
         } finally {
           await f.close(fd);
@@ -343,7 +348,7 @@ class Applier {
     try {
       let pend: Buffer[] = [];
       let pendLen = 0;
-      for (let c = await parser.bodyChunk(); c !== null; c = await parser.bodyChunk()) {
+      for await (const c of body.chunks()) {
         pend.push(c);
         pendLen += c.length;
         if (pendLen >= 1 << 20) {
@@ -429,6 +434,396 @@ function isZlibError(e: unknown): boolean {
   return typeof c === 'string' && c.startsWith('Z_');
 }
 
+// ---------- tar-stream: headers, bodies, feeding ----------
+
+export type EntryType = 'file' | 'link' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo';
+
+export interface TarHeader {
+  /** Name as stored (after PAX/GNU long-name overrides), not yet normalised. */
+  name: string;
+  type: EntryType;
+  mode: number; // permission + setuid/setgid/sticky bits (07777)
+  uid: number;
+  gid: number;
+  size: number; // body size in bytes (regular files and hardlinks; 0 for the rest)
+  mtime: number; // seconds, may be fractional (PAX)
+  atime?: number;
+  linkname: string;
+  devmajor: number;
+  devminor: number;
+  /** Extended attributes from SCHILY.xattr.* / LIBARCHIVE.xattr.*, raw bytes. */
+  xattrs: Map<string, Buffer> | null;
+}
+
+/** An entry stream of tar-stream's extractor. */
+type Entry = Extract extends AsyncIterable<infer S> ? S : never;
+
+/** What tar-stream's extractor hands out (its .d.ts omits byteOffset, the null type, the null linkname). */
+interface TsHeader extends Omit<Header, 'type' | 'linkname' | 'pax'> {
+  type: Header['type'] | null;
+  linkname: string | null;
+  /** Stream offset of the first body byte, i.e. just after this entry's own 512-byte header block. */
+  byteOffset: number;
+  /** PAX records for this entry (global ones merged in by tar-stream), values per tarstream-pax.ts. */
+  pax: Record<string, string> | null;
+}
+
+const BLOCK = 512;
+/** Extended headers (PAX, GNU long names) before one entry: tar-stream caps each at 4 MiB, we cap the run. */
+const MAX_EXT_RUN = 64 << 20;
+const EMPTY = Buffer.alloc(0);
+
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function cstr(b: Buffer, off: number, len: number): string {
+  let end = off;
+  const max = Math.min(off + len, b.length);
+  while (end < max && b[end] !== 0) end++;
+  return b.toString('utf8', off, end);
+}
+
+/** tar-stream's framing: a body follows unless the size is 0 or the entry is a directory (as GNU tar). */
+function hasBody(th: TsHeader): boolean {
+  return (th.size ?? 0) > 0 && th.type !== 'directory';
+}
+
+function paxNum(v: string, key: string, name: string, frac: boolean): number {
+  const re = frac ? /^-?\d+(\.\d+)?$/ : /^\d+$/;
+  if (!re.test(v)) throw badTar(name, `bad PAX ${key} value ${JSON.stringify(v)}`);
+  const n = Number(v);
+  if (!Number.isFinite(n) || (!frac && n > Number.MAX_SAFE_INTEGER)) throw badTar(name, `PAX ${key} out of range`);
+  return n;
+}
+
+function headerNum(v: number | undefined, field: string, name: string): number {
+  if (v === undefined || !Number.isSafeInteger(v)) throw badTar(name, `bad ${field} field in header (corrupt tar?)`);
+  if (v < 0) throw badTar(name, `negative ${field} in header`);
+  return v;
+}
+
+/**
+ * tar-stream header -> ours. `raw` is the entry's own 512-byte header block (for the typeflag of
+ * entries tar-stream has no type for, and the format magic, which we check ourselves because
+ * tar-stream runs with allowUnknownFormat to accept old v7 headers as we always did).
+ */
+function toHeader(th: TsHeader, raw: Buffer): TarHeader {
+  const name = th.name;
+  // magic: "ustar\0" (POSIX), "ustar  \0" (GNU) or nothing (v7)
+  const m5 = raw[262];
+  const ustarish = raw[257] === 0x75 && raw[258] === 0x73 && raw[259] === 0x74 && raw[260] === 0x61 && raw[261] === 0x72;
+  const ok = ustarish ? m5 === 0 || (m5 === 0x20 && raw[263] === 0x20 && raw[264] === 0) : isZero(raw.subarray(257, 265));
+  if (!ok) throw badTar(name, 'unknown tar header format');
+  let type: EntryType;
+  switch (th.type) {
+    case 'file':
+    case 'contiguous-file':
+      type = 'file';
+      break;
+    case 'link':
+      type = 'link';
+      break;
+    case 'symlink':
+      type = 'symlink';
+      break;
+    case 'character-device':
+      type = 'char';
+      break;
+    case 'block-device':
+      type = 'block';
+      break;
+    case 'directory':
+      type = 'dir';
+      break;
+    case 'fifo':
+      type = 'fifo';
+      break;
+    default: {
+      const flag = String.fromCharCode(raw[156]!);
+      if (flag === 'S') throw badTar(name, 'GNU sparse files are not supported');
+      throw badTar(name, `unsupported tar entry type ${JSON.stringify(flag)}`);
+    }
+  }
+  if (name.includes('\0')) throw badTar(name, 'entry name contains a NUL byte');
+  const linkname = th.linkname ?? '';
+  if (linkname.includes('\0')) throw badTar(name, 'link target contains a NUL byte');
+  const mtimeMs = th.mtime?.getTime();
+  if (mtimeMs === undefined || !Number.isFinite(mtimeMs)) throw badTar(name, 'bad mtime field in header (corrupt tar?)');
+  const dev = type === 'char' || type === 'block';
+  const h: TarHeader = {
+    name,
+    type,
+    mode: headerNum(th.mode, 'mode', name) & 0o7777,
+    uid: headerNum(th.uid, 'uid', name),
+    gid: headerNum(th.gid, 'gid', name),
+    size: type === 'file' || type === 'link' ? headerNum(th.size, 'size', name) : 0,
+    mtime: mtimeMs / 1000,
+    linkname,
+    devmajor: dev ? headerNum(th.devmajor, 'devmajor', name) : 0,
+    devminor: dev ? headerNum(th.devminor, 'devminor', name) : 0,
+    xattrs: null,
+  };
+  const pax = th.pax;
+  if (pax) {
+    // path, linkpath and size were applied by tar-stream; the rest is ours.
+    for (const k of Object.keys(pax)) {
+      const v = pax[k]!;
+      switch (k) {
+        case 'size':
+          paxNum(v, k, name, false); // tar-stream used parseInt(); refuse what that would have glossed over
+          break;
+        case 'uid':
+          h.uid = paxNum(v, k, name, false);
+          break;
+        case 'gid':
+          h.gid = paxNum(v, k, name, false);
+          break;
+        case 'mtime':
+          h.mtime = paxNum(v, k, name, true);
+          break;
+        case 'atime':
+          h.atime = paxNum(v, k, name, true);
+          break;
+        default:
+          if (k.startsWith(XATTR_PAX_PREFIX)) {
+            (h.xattrs ??= new Map()).set(k.slice(XATTR_PAX_PREFIX.length), xattrBytes(v));
+          } else if (k.startsWith('LIBARCHIVE.xattr.')) {
+            let xname: string;
+            try {
+              xname = decodeURIComponent(k.slice('LIBARCHIVE.xattr.'.length));
+            } catch {
+              throw badTar(name, `bad LIBARCHIVE.xattr key ${JSON.stringify(k)}`);
+            }
+            (h.xattrs ??= new Map()).set(xname, Buffer.from(v, 'base64'));
+          } else if (k.startsWith('GNU.sparse.')) {
+            throw badTar(name, 'GNU sparse files are not supported');
+          }
+      }
+    }
+  }
+  return h;
+}
+
+/** Translate tar-stream's plain Errors into EBADTAR errors naming the entry. */
+function tarStreamError(e: unknown, entry: string, where: string): unknown {
+  if (e instanceof LayerfsError || !(e instanceof Error)) return e;
+  if ((e as NodeJS.ErrnoException).syscall) return e; // an I/O error of the source: as is
+  const m = e.message;
+  let why: string;
+  if (m === 'Unexpected end of data') why = `truncated tar: stream ended ${where}`;
+  else if (m.startsWith('Invalid tar header. Maybe')) why = 'header checksum mismatch (corrupt tar, or not a tar?)';
+  else if (m === 'Header exceeds max size') why = 'extended header (PAX or GNU long name) larger than 4 MiB';
+  else if (m === 'Invalid header') why = 'bad size field in header (corrupt tar?)';
+  else why = `corrupt tar: ${m}`;
+  const err = badTar(entry, why);
+  (err as { cause?: unknown }).cause = e;
+  return err;
+}
+
+/**
+ * Moves the tar byte stream into tar-stream's extractor and keeps a small window of what it wrote,
+ * from `keepFrom` on: the header position after the current entry. That lets the applier look at
+ * the block where the next header starts, which tar-stream does not tell: it skips zero blocks and
+ * would read on past the end-of-archive marker, and it accepts a stream that simply stops between
+ * entries. Backpressure comes from the extractor, except that ensure() may push a little further.
+ */
+class Feed {
+  pos = 0; // bytes written to the extractor
+  private win: Buffer[] = [];
+  private winStart = 0; // stream offset of win[0][0]
+  private keepFrom = 0;
+  eof = false;
+  err: unknown = null;
+  private stopped = false;
+  private want = 0;
+  private wakePump: (() => void) | null = null;
+  private waiters: (() => void)[] = [];
+  readonly done: Promise<void>;
+
+  constructor(
+    private readonly src: AsyncIterator<Buffer>,
+    private readonly ex: Extract,
+  ) {
+    this.done = this.pump();
+    this.done.catch(() => undefined); // surfaced through ensure()/the extractor/finish()
+  }
+
+  private notify(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const r of w) r();
+  }
+
+  private keep(c: Buffer): void {
+    const start = this.pos;
+    if (start + c.length <= this.keepFrom) return;
+    if (start < this.keepFrom) c = c.subarray(this.keepFrom - start);
+    if (this.win.length === 0) this.winStart = start + (start < this.keepFrom ? this.keepFrom - start : 0);
+    this.win.push(c);
+  }
+
+  /** Forget window bytes before p (a header position not reached yet, or reached). */
+  setKeepFrom(p: number): void {
+    this.keepFrom = p;
+    while (this.win.length && this.winStart + this.win[0]!.length <= p) {
+      this.winStart += this.win[0]!.length;
+      this.win.shift();
+    }
+    if (this.win.length && this.winStart < p) {
+      this.win[0] = this.win[0]!.subarray(p - this.winStart);
+      this.winStart = p;
+    }
+  }
+
+  /** Bytes [at, at+n) as far as written so far (shorter at the end of the stream). at >= keepFrom. */
+  peek(at: number, n: number): Buffer {
+    const out: Buffer[] = [];
+    let off = this.winStart;
+    let need = n;
+    for (const c of this.win) {
+      if (need === 0) break;
+      const end = off + c.length;
+      if (end > at) {
+        const s = Math.max(0, at - off);
+        const piece = c.subarray(s, Math.min(c.length, s + need));
+        out.push(piece);
+        need -= piece.length;
+      }
+      off = end;
+    }
+    return out.length === 1 ? out[0]! : Buffer.concat(out);
+  }
+
+  /** Make sure bytes up to `end` are written (and in the window), unless the stream ends first. */
+  ensure(end: number): Promise<void> | undefined {
+    if (this.err) throw this.err;
+    if (this.pos >= end || this.eof) return undefined;
+    return (async () => {
+      while (this.pos < end && !this.eof) {
+        if (this.err) throw this.err;
+        if (this.want < end) {
+          this.want = end;
+          this.wakePump?.();
+        }
+        await new Promise<void>((r) => this.waiters.push(r));
+      }
+      if (this.err) throw this.err;
+    })();
+  }
+
+  private writable(): Promise<void> | undefined {
+    if (this.stopped || this.pos < this.want || this.ex.destroyed) return undefined;
+    return new Promise<void>((resolve) => {
+      const go = () => {
+        this.ex.off('drain', go);
+        this.ex.off('close', go);
+        this.wakePump = null;
+        resolve();
+      };
+      this.ex.on('drain', go);
+      this.ex.on('close', go);
+      this.wakePump = go;
+    });
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      for (;;) {
+        const r = await this.src.next();
+        if (r.done) break;
+        const c = r.value;
+        if (this.stopped || c.length === 0) continue;
+        this.keep(c);
+        this.pos += c.length;
+        if (this.pos - this.keepFrom > MAX_EXT_RUN) {
+          throw new LayerfsError('EBADTAR', 'layer', `more than ${MAX_EXT_RUN >> 20} MiB of extended headers before one entry`);
+        }
+        const ok = this.ex.write(c);
+        this.notify();
+        if (!ok) await this.writable();
+      }
+      this.eof = true;
+      if (!this.stopped) this.ex.end(undefined);
+    } catch (e) {
+      this.err = e;
+      this.ex.destroy(e as Error);
+      throw e;
+    } finally {
+      this.notify();
+    }
+  }
+
+  /** The archive is over: stop feeding the extractor, read the rest of the stream (for the digests). */
+  async finish(): Promise<void> {
+    this.stopped = true;
+    this.win = [];
+    this.wakePump?.();
+    this.ex.destroy();
+    await this.done;
+  }
+}
+
+/** The body of the current entry, read from tar-stream's entry stream exactly once (or skipped). */
+class Body {
+  private used = false;
+  constructor(
+    private readonly st: Entry,
+    private readonly present: boolean,
+    private readonly entry: string,
+  ) {}
+
+  private collect(keep: boolean): Promise<Buffer> {
+    this.used = true;
+    if (!this.present) return Promise.resolve(EMPTY);
+    const st = this.st;
+    return new Promise<Buffer>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      let n = 0;
+      let settled = false;
+      st.on('data', (d: unknown) => {
+        if (!keep) return;
+        const c = d as Buffer;
+        parts.push(c);
+        n += c.length;
+      });
+      st.on('end', () => {
+        settled = true;
+        resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, n));
+      });
+      st.on('error', (e: unknown) => {
+        settled = true;
+        reject(tarStreamError(e, this.entry, 'inside the entry body'));
+      });
+      st.on('close', () => {
+        if (!settled) reject(badTar(this.entry, 'truncated tar: stream ended inside the entry body'));
+      });
+    });
+  }
+
+  /** The whole body (call only for bodies of bounded size). */
+  all(): Promise<Buffer> {
+    return this.collect(true);
+  }
+
+  /** The body piece by piece, as tar-stream hands it out (no copies). */
+  async *chunks(): AsyncGenerator<Buffer> {
+    this.used = true;
+    if (!this.present) return;
+    try {
+      for await (const c of this.st as AsyncIterable<Buffer>) yield c;
+    } catch (e) {
+      throw tarStreamError(e, this.entry, 'inside the entry body');
+    }
+  }
+
+  /** Skip whatever the applier did not read. */
+  finish(): Promise<unknown> | undefined {
+    return this.used || !this.present ? undefined : this.collect(false);
+  }
+}
+
 export async function applyLayer(
   input: NodeJS.ReadableStream | Readable,
   dir: string,
@@ -456,7 +851,9 @@ export async function applyLayer(
   }
 
   const applier = new Applier(root);
-  let parser: TarParser | null = null;
+  // allowUnknownFormat: old v7 headers (no magic) are accepted as before; toHeader() checks the magic.
+  const ex = extract({ allowUnknownFormat: true } as Parameters<typeof extract>[0]);
+  let feed: Feed | null = null;
   try {
     await applier.init();
     // Sniff the format from the first bytes.
@@ -504,16 +901,65 @@ export async function applyLayer(
       })();
     }
 
-    parser = new TarParser(new ByteReader(tarChunks));
-    for (let h = await parser.next(); h !== null; h = await parser.next()) {
+    const fd = new Feed(tarChunks, ex);
+    feed = fd;
+    const entries = ex[Symbol.asyncIterator]();
+    let hdrPos = 0; // where the next header block starts
+    let last = ''; // name of the last entry, for messages
+    const nameAt = (at: number) => {
+      const b = fd.peek(at, 100);
+      return b.length && b[0] !== 0 ? cstr(b, 0, 100) : last || '(start of archive)';
+    };
+    for (;;) {
+      // End of archive: a zero block where a header would start. tar-stream would skip it and read
+      // on, and it does not fail when the stream stops between entries, so we look first.
+      const w = fd.ensure(hdrPos + 2 * BLOCK);
+      if (w) await w;
+      const blk = fd.peek(hdrPos, BLOCK);
+      if (blk.length === 0) throw badTar(last || '(start of archive)', 'truncated tar: stream ended without the end-of-archive marker');
+      if (blk.length < BLOCK) throw badTar(nameAt(hdrPos), 'truncated tar: stream ended inside a header block');
+      if (isZero(blk)) {
+        // A second zero block should follow; tolerate its absence at EOF as GNU tar does.
+        const b2 = fd.peek(hdrPos + BLOCK, BLOCK);
+        if (b2.length === BLOCK && !isZero(b2)) throw badTar(last || '(start of archive)', 'garbage after a zero block (corrupt tar?)');
+        break;
+      }
+      let r: IteratorResult<Entry>;
       try {
-        await applier.apply(h, parser);
+        r = await entries.next();
       } catch (e) {
-        throw wrapEntryError(e, h.name);
+        throw tarStreamError(fd.err ?? e, nameAt(hdrPos), 'inside a header');
+      }
+      if (r.done) {
+        throw badTar(nameAt(hdrPos), 'truncated tar: stream ended after an extended header, without the entry it belongs to');
+      }
+      const st = r.value;
+      const th = st.header as TsHeader;
+      const raw = fd.peek(th.byteOffset - BLOCK, BLOCK);
+      // Extended headers (PAX, GNU long names) tar-stream read before this entry: it skips zero
+      // blocks among them, where GNU tar and Go's archive/tar see the end of the archive.
+      for (let p = hdrPos; p < th.byteOffset - BLOCK; ) {
+        const b = fd.peek(p, BLOCK);
+        const d = b.length === BLOCK && !isZero(b) ? decodeHeaderBlock(b) : null;
+        if (d === null) throw badTar(th.name, 'end-of-archive marker between an extended header and its entry');
+        p += BLOCK + d.size + ((BLOCK - (d.size % BLOCK)) % BLOCK);
+      }
+      const present = hasBody(th);
+      hdrPos = th.byteOffset + (present ? th.size! + ((BLOCK - (th.size! % BLOCK)) % BLOCK) : 0);
+      fd.setKeepFrom(hdrPos);
+      last = th.name;
+      const body = new Body(st, present, th.name);
+      try {
+        if (raw.length !== BLOCK) throw new Error(`layerfs: lost the header block of ${JSON.stringify(th.name)} (tar-stream framing changed?)`);
+        await applier.apply(toHeader(th, raw), body);
+        const f = body.finish();
+        if (f) await f;
+      } catch (e) {
+        throw wrapEntryError(e, th.name);
       }
     }
     // The diff digest covers every byte of the stream, including what follows the end marker.
-    await parser.reader.drain();
+    await fd.finish();
     await applier.drain();
     await applier.finishDirs();
 
@@ -527,6 +973,7 @@ export async function applyLayer(
     }
     return { diffDigest, compressedDigest, size: applier.size, compressedSize: compSize };
   } catch (e) {
+    ex.destroy();
     gunzip?.destroy();
     src.destroy();
     await applier.settle();

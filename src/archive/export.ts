@@ -7,6 +7,7 @@ import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { isErrno } from '../common/errors.js';
 import { native } from '../common/native.js';
+// Own header writer, not tar-stream's packer: its encodePax builds records from strings (UTF-8), so binary xattr values cannot be written.
 import { encodeHeader, END_OF_ARCHIVE, padLen, type WriteHeader } from './tarwrite.js';
 
 const READ_CHUNK = 1 << 20;

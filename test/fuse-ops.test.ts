@@ -9,6 +9,7 @@ import { execFile, spawn } from 'node:child_process';
 import { appendFile, lstat, mkdir, readFile, readdir, rename, rmdir, stat, unlink, writeFile, link, symlink, chmod, lchown } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { native } from '../src/common/native.js';
 import { SERVER_MAIN } from '../src/fuse/index.js';
 import { buildLowers, cleanup, diffSnapshots, isMounted, mountFuse, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
@@ -238,6 +239,14 @@ describe('server process', () => {
       assert.ok(bad && bad.code !== 0);
       assert.match(bad.stderr ?? '', /^layerfs: fuse: /);
       assert.ok(!(await isMounted(mnt)));
+
+      // the same through the CLI: `layerfs fuse -o ... MNT` returns once mounted
+      const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+      await run(process.execPath, [cli, 'fuse', '-o', `lowerdir=${lowers.join(':')}`, '-o', `upperdir=${dir}/u,workdir=${dir}/w`, mnt]);
+      assert.equal(await readFile(path.join(mnt, 'etc/motd'), 'utf8'), 'hello from the top\n');
+      await run('umount', [mnt]);
+      const cliBad = await run(process.execPath, [cli, 'fuse', '-o', `lowerdir=${dir}/nope`, mnt]).then(() => null, (e: { stderr?: string }) => e);
+      assert.match(cliBad?.stderr ?? '', /^layerfs: fuse: /);
     } finally {
       await forceUnmount(mnt);
       await cleanup(dir);

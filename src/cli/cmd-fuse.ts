@@ -21,7 +21,7 @@ export const fuseCommand: CommandModule<object, FuseArgs> = {
   builder: (y) =>
     y
       .positional('mountpoint', { type: 'string', demandOption: true, describe: 'where to mount' })
-      .option('o', { type: 'string', array: true, describe: 'lowerdir=A:B (top first),upperdir=U,workdir=W[,...]' })
+      .option('o', { type: 'string', nargs: 1, describe: 'lowerdir=A:B (top first),upperdir=U,workdir=W[,...]' })
       .option('f', { type: 'boolean', default: false, describe: 'stay in the foreground' })
       .option('d', { type: 'boolean', default: false, describe: 'debug: foreground with libfuse tracing' }) as never,
   handler: async (argv) => {

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { applyLayer } from '../archive/index.js';
+import { applyLayer, type ApplyResult } from '../archive/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import type { Index } from '../index/index.js';
@@ -39,24 +39,39 @@ export async function addROLayer(store: Store, index: Index, input: AddLayerInpu
       ...(input.diffDigest ? { expectDiffDigest: input.diffDigest } : {}),
       ...(input.compressedDigest ? { expectCompressedDigest: input.compressedDigest } : {}),
     });
-    const rec: LayerRecord = {
-      id: hexOf(chainOf(res.diffDigest)),
-      parent: parentRec ? parentRec.id : null,
-      diffDigest: res.diffDigest,
-      compressedDigest: res.compressedDigest,
-      size: res.size,
-      compressedSize: res.compressedSize,
-      rw: false,
-      created: new Date().toISOString(),
-    };
-    const created = await store.publishLayer(tmp, rec);
-    const stored = created ? rec : ((await store.readSharedLayer(rec.id)) ?? rec);
-    await index.putLayer(stored);
-    return { layer: stored, created };
+    return await publishApplied(store, index, tmp, hexOf(chainOf(res.diffDigest)), parentRec ? parentRec.id : null, res);
   } catch (err) {
     await store.discardStaged(tmp).catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * Publish a staged, applied layer as `id` (its chainID) and record it in the index. When another
+ * import published the same layer first, the stored record wins and `created` is false.
+ */
+export async function publishApplied(
+  store: Store,
+  index: Index,
+  tmp: string,
+  id: string,
+  parent: string | null,
+  res: ApplyResult,
+): Promise<{ layer: LayerRecord; created: boolean }> {
+  const rec: LayerRecord = {
+    id,
+    parent,
+    diffDigest: res.diffDigest,
+    compressedDigest: res.compressedDigest,
+    size: res.size,
+    compressedSize: res.compressedSize,
+    rw: false,
+    created: new Date().toISOString(),
+  };
+  const created = await store.publishLayer(tmp, rec);
+  const stored = created ? rec : ((await store.readSharedLayer(rec.id)) ?? rec);
+  await index.putLayer(stored);
+  return { layer: stored, created };
 }
 
 export interface ImportResult {

@@ -20,7 +20,7 @@ import { logger } from '../../common/log.js';
 import type { Index } from '../../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../../store/index.js';
 import { chainIds, checkDigest, hexOf, sha256Digest } from '../digest.js';
-import { addROLayer, moveNames } from '../import.js';
+import { addROLayer, moveNames, publishApplied } from '../import.js';
 import { normalizeName } from '../refs.js';
 import { MT_INDEX, choosePlatform, configDiffIds, type Descriptor } from '../source.js';
 import { dockerConfigCreds, parseCreds, type Credentials } from './auth.js';
@@ -230,20 +230,8 @@ export async function pullImage(store: Store, index: Index, refStr: string, opts
             }
             await prev; // publish bottom-up: the parent first
             if (ac.signal.aborted) throw new Error('aborted');
-            const rec: LayerRecord = {
-              id: chain[i]!,
-              parent: i ? chain[i - 1]! : null,
-              diffDigest: res.diffDigest,
-              compressedDigest: res.compressedDigest,
-              size: res.size,
-              compressedSize: res.compressedSize,
-              rw: false,
-              created: new Date().toISOString(),
-            };
-            const created = await store.publishLayer(tmp, rec);
+            const { layer: stored, created } = await publishApplied(store, index, tmp!, chain[i]!, i ? chain[i - 1]! : null, res);
             tmp = null;
-            const stored = created ? rec : ((await store.readSharedLayer(rec.id)) ?? rec);
-            await index.putLayer(stored);
             records[i] = stored;
             fetched[i] = created;
           } catch (err) {

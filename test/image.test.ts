@@ -115,6 +115,11 @@ describe('image import', () => {
     await writeFile(ociTar, await ociArchive(img, 'test/two:2'));
     const a = JSON.parse(await cliOk(['image', 'import', ociTar, '--json'], env()));
     assert.deepEqual(a.extracted, [false, false, false], 'nothing extracted again');
+    // the same archive into an empty store is extracted from the tar itself, file by file the same
+    const fresh = { LAYERFS_ROOT: path.join(scratch, 'root-ocitar'), LAYERFS_SHARED: path.join(scratch, 'nfs-ocitar') };
+    const f = JSON.parse(await cliOk(['image', 'import', ociTar, '--json'], fresh));
+    assert.deepEqual(f.extracted, [true, true, true]);
+    await checkLayers(fresh.LAYERFS_ROOT, img, f.layers);
     assert.equal(a.id, img.configDigest.slice(7));
     assert.deepEqual(a.names.sort(), ['test/one:1', 'test/two:2']);
 
@@ -126,6 +131,11 @@ describe('image import', () => {
     assert.deepEqual(b.layers, a.layers);
     assert.deepEqual(b.extracted, [false, false, false]);
     await checkLayers(env().LAYERFS_ROOT, plain, b.layers);
+    const freshDocker = { LAYERFS_ROOT: path.join(scratch, 'root-docker'), LAYERFS_SHARED: path.join(scratch, 'nfs-docker') };
+    const fd = JSON.parse(await cliOk(['image', 'import', dockerTar, '--json'], freshDocker));
+    assert.deepEqual(fd.extracted, [true, true, true]);
+    assert.deepEqual(fd.names, ['docker/img:latest']);
+    await checkLayers(freshDocker.LAYERFS_ROOT, plain, fd.layers);
 
     // a second image sharing the two bottom layers stores only its new top layer
     const other = await makeImage([LAYER1, LAYER2, [{ name: 'other', content: 'other' }]]);

@@ -16,7 +16,6 @@
  * buffered and written by up to MAX_JOBS concurrent jobs while the stream moves on. Anything that
  * removes or replaces an existing path first waits for all jobs (rare in real layers).
  */
-import { createHash, type Hash } from 'node:crypto';
 import fs from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -27,6 +26,7 @@ import { badTar, isErrno, LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { native } from '../common/native.js';
 import * as f from './fsops.js';
+import { streamHash, type StreamHash } from './hasher.js';
 import { baseOf, joinRel, normalizeName, parentOf } from './paths.js';
 import { decodeHeaderBlock, xattrBytes, XATTR_PAX_PREFIX } from './tarstream-pax.js'; // also makes tar-stream's PAX values lossless
 
@@ -41,7 +41,10 @@ export interface ApplyResult {
   compressedSize: number;
 }
 
-const SMALL_FILE = 1 << 20;
+/** Regular files up to this size are written with synchronous calls in line (see file()). */
+const SYNC_FILE = process.env.LAYERFS_APPLY_SYNC_MAX !== undefined ? Number(process.env.LAYERFS_APPLY_SYNC_MAX) : 64 << 10;
+/** Up to this size, buffered and written by a background job (threadpool) while parsing goes on. */
+const SMALL_FILE = 16 << 20;
 const MAX_JOBS = Number(process.env.LAYERFS_APPLY_JOBS) || 64; // tuning knob for benchmarks
 const MAX_JOB_BYTES = 64 << 20;
 const WHITEOUT_PREFIX = '.wh.';
@@ -144,11 +147,11 @@ class Applier {
 
   // ---------- path bookkeeping ----------
 
-  private async kindOf(rel: string): Promise<Kind | undefined> {
+  private kindOf(rel: string): Kind | undefined {
     const k = this.known.get(rel);
     if (k !== undefined || this.rootEmpty) return k;
     try {
-      const st = await f.lstat(this.abs(rel));
+      const st = fs.lstatSync(this.abs(rel));
       const kind: Kind = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFile() ? 'file' : 'other';
       this.known.set(rel, kind);
       if (kind === 'dir' && st.mode & 0o2000) this.setgidDirs.add(rel);
@@ -160,17 +163,17 @@ class Applier {
   }
 
   /** Make sure every ancestor of `rel` (and `rel` itself if includeSelf) is a real directory, creating missing ones. */
-  private async ensureDirs(rel: string, entry: string, includeSelf: boolean): Promise<void> {
+  private ensureDirs(rel: string, entry: string, includeSelf: boolean): void {
     const dir = includeSelf ? rel : parentOf(rel);
     if (dir === this.lastParentOk || dir === '') return;
     const parts = dir.split('/');
     let cur = '';
     for (const part of parts) {
       cur = joinRel(cur, part);
-      const k = await this.kindOf(cur);
+      const k = this.kindOf(cur);
       if (k === 'dir') continue;
       if (k === undefined) {
-        await f.mkdir(this.abs(cur), 0o755);
+        fs.mkdirSync(this.abs(cur), 0o755);
         this.known.set(cur, 'dir');
         continue;
       }
@@ -184,10 +187,14 @@ class Applier {
    * Make room for a new entry at rel. Existing dir + new dir -> 'merge'. Anything else existing is
    * removed (after waiting for background writes), as tar and containerd do.
    */
-  private async clear(rel: string, newIsDir: boolean): Promise<'merge' | 'fresh'> {
-    const k = await this.kindOf(rel);
+  private clear(rel: string, newIsDir: boolean): 'merge' | 'fresh' | Promise<'merge' | 'fresh'> {
+    const k = this.kindOf(rel);
     if (k === undefined) return 'fresh';
     if (k === 'dir' && newIsDir) return 'merge';
+    return this.replace(rel);
+  }
+
+  private async replace(rel: string): Promise<'fresh'> {
     await this.drain();
     await rm(this.abs(rel), { recursive: true, force: true });
     this.forget(rel);
@@ -257,7 +264,7 @@ class Applier {
       if (h.type !== 'dir') throw badTar(entry, `the layer root can only be a directory, not a ${h.type}`);
       return this.dir('', h, entry);
     }
-    await this.ensureDirs(rel, entry, false);
+    this.ensureDirs(rel, entry, false);
     switch (h.type) {
       case 'dir':
         return this.dir(rel, h, entry);
@@ -278,7 +285,7 @@ class Applier {
     const entry = h.name;
     const dir = parentOf(rel);
     if (base === OPAQUE_MARKER) {
-      await this.ensureDirs(dir, entry, true);
+      this.ensureDirs(dir, entry, true);
       native.lsetxattr(this.abs(dir), 'trusted.overlay.opaque', Buffer.from('y'), 0);
       return;
     }
@@ -290,25 +297,27 @@ class Applier {
     const name = base.slice(WHITEOUT_PREFIX.length);
     if (name === '' || name === '.' || name === '..') throw badTar(entry, `bad whiteout name ${JSON.stringify(name)}`);
     const target = joinRel(dir, name);
-    await this.ensureDirs(target, entry, false);
-    await this.clear(target, false);
+    this.ensureDirs(target, entry, false);
+    const c = this.clear(target, false);
+    if (c !== 'fresh') await c;
     const abs = this.abs(target);
     native.mknod(abs, S_IFCHR, 0, 0);
     this.known.set(target, 'other');
-    if (this.isRoot) await f.lchown(abs, h.uid, h.gid);
+    if (this.isRoot) fs.lchownSync(abs, h.uid, h.gid);
     const [at, mt] = this.times(h);
-    await f.lutimes(abs, at, mt);
+    fs.lutimesSync(abs, at, mt);
   }
 
   private async dir(rel: string, h: TarHeader, entry: string): Promise<void> {
     const abs = this.abs(rel);
-    const how = rel === '' ? 'merge' : await this.clear(rel, true);
+    let how = rel === '' ? 'merge' : this.clear(rel, true);
+    if (typeof how !== 'string') how = await how;
     if (how === 'fresh') {
-      await f.mkdir(abs, 0o700);
+      fs.mkdirSync(abs, 0o700);
       this.known.set(rel, 'dir');
     }
-    if (this.isRoot) await f.lchown(abs, h.uid, h.gid);
-    await f.chmod(abs, h.mode);
+    if (this.isRoot) fs.lchownSync(abs, h.uid, h.gid);
+    fs.chmodSync(abs, h.mode);
     if (h.mode & 0o2000) this.setgidDirs.add(rel);
     else this.setgidDirs.delete(rel);
     this.setXattrs(abs, h, entry);
@@ -316,7 +325,8 @@ class Applier {
   }
 
   private async file(rel: string, h: TarHeader, entry: string, body: Body): Promise<void> {
-    await this.clear(rel, false);
+    const c = this.clear(rel, false);
+    if (c !== 'fresh') await c;
     this.size += h.size;
     const abs = this.abs(rel);
     const chown = this.needChown(rel, h);
@@ -329,6 +339,23 @@ class Applier {
       this.setXattrs(abs, h, entry); // after chown and data: both clear security.capability
       await f.futimes(fd, at, mt);
     };
+    if (h.size <= SYNC_FILE) {
+      // Small file: synchronous calls on this thread. Four or five threadpool round trips per file
+      // (each a futex wake-up and an epoll return) cost more than the syscalls themselves.
+      const data = await body.all();
+      const fd = fs.openSync(abs, CREATE_FLAGS, h.mode & 0o777);
+      try {
+        let off = 0;
+        while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
+        if (chown) fs.fchownSync(fd, h.uid, h.gid);
+        if (chmod) fs.fchmodSync(fd, h.mode);
+        this.setXattrs(abs, h, entry); // after chown and data: both clear security.capability
+        fs.futimesSync(fd, at, mt);
+      } finally {
+        fs.closeSync(fd);
+      }
+      return;
+    }
     if (h.size <= SMALL_FILE) {
       await this.room(h.size);
       const data = await body.all();
@@ -366,14 +393,15 @@ class Applier {
 
   private async symlink(rel: string, h: TarHeader, entry: string): Promise<void> {
     if (h.linkname === '') throw badTar(entry, 'symlink with an empty target');
-    await this.clear(rel, false);
+    const c = this.clear(rel, false);
+    if (c !== 'fresh') await c;
     const abs = this.abs(rel);
-    await f.symlink(h.linkname, abs); // the target is data: never resolved by us
+    fs.symlinkSync(h.linkname, abs); // the target is data: never resolved by us
     this.known.set(rel, 'symlink');
-    if (this.isRoot) await f.lchown(abs, h.uid, h.gid);
+    if (this.isRoot) fs.lchownSync(abs, h.uid, h.gid);
     this.setXattrs(abs, h, entry);
     const [at, mt] = this.times(h);
-    await f.lutimes(abs, at, mt);
+    fs.lutimesSync(abs, at, mt);
   }
 
   private async hardlink(rel: string, h: TarHeader, entry: string): Promise<void> {
@@ -384,36 +412,34 @@ class Applier {
     if (k === undefined) throw badTar(entry, `hardlink target ${JSON.stringify(h.linkname)} is not an earlier entry of this layer`);
     if (k === 'dir') throw badTar(entry, `hardlink target ${JSON.stringify(h.linkname)} is a directory`);
     // The target's ancestors are real dirs (it is in our map, and removals purge the map), but check anyway.
-    await this.ensureDirs(target, entry, false);
+    this.ensureDirs(target, entry, false);
     const job = this.pending.get(target);
     if (job) await job;
     this.checkJobs();
-    await this.clear(rel, false);
-    await f.link(this.abs(target), this.abs(rel));
+    const c = this.clear(rel, false);
+    if (c !== 'fresh') await c;
+    fs.linkSync(this.abs(target), this.abs(rel));
     this.known.set(rel, k);
   }
 
   private async node(rel: string, h: TarHeader, entry: string): Promise<void> {
-    await this.clear(rel, false);
+    const c = this.clear(rel, false);
+    if (c !== 'fresh') await c;
     const abs = this.abs(rel);
     const type = h.type === 'char' ? S_IFCHR : h.type === 'block' ? S_IFBLK : S_IFIFO;
     native.mknod(abs, type | (h.mode & 0o777), h.devmajor, h.devminor);
     this.known.set(rel, 'other');
-    if (this.isRoot) await f.lchown(abs, h.uid, h.gid);
-    if (this.needChmod(h.mode, false, false)) await f.chmod(abs, h.mode);
+    if (this.isRoot) fs.lchownSync(abs, h.uid, h.gid);
+    if (this.needChmod(h.mode, false, false)) fs.chmodSync(abs, h.mode);
     this.setXattrs(abs, h, entry);
     const [at, mt] = this.times(h);
-    await f.lutimes(abs, at, mt);
+    fs.lutimesSync(abs, at, mt);
   }
 
   /** Directory times last: writing into a dir changes its mtime. */
-  async finishDirs(): Promise<void> {
-    const list = [...this.dirTimes];
-    const N = 16;
-    for (let i = 0; i < list.length; i += N) {
-      await Promise.all(
-        list.slice(i, i + N).map(([rel, [at, mt]]) => (this.known.get(rel) === 'dir' ? f.lutimes(this.abs(rel), at, mt) : undefined)),
-      );
+  finishDirs(): void {
+    for (const [rel, [at, mt]] of this.dirTimes) {
+      if (this.known.get(rel) === 'dir') fs.lutimesSync(this.abs(rel), at, mt);
     }
   }
 }
@@ -834,9 +860,9 @@ export async function applyLayer(
   const root = path.resolve(dir);
   const src: Readable = input instanceof Readable ? input : new Readable().wrap(input);
 
-  const compHash = createHash('sha256');
+  const compHash = streamHash();
   let compSize = 0;
-  let diffHash: Hash = compHash;
+  let diffHash: StreamHash = compHash;
   let diffSize = 0;
   let gunzip: zlib.Gunzip | null = null;
 
@@ -845,7 +871,8 @@ export async function applyLayer(
     const r = await rawIt.next();
     if (r.done) return null;
     const c = typeof r.value === 'string' ? Buffer.from(r.value) : r.value;
-    compHash.update(c);
+    const w = compHash.update(c);
+    if (w) await w;
     compSize += c.length;
     return c;
   }
@@ -875,7 +902,7 @@ export async function applyLayer(
     }
     let tarChunks: AsyncIterator<Buffer>;
     if (first.length >= 2 && first[0] === 0x1f && first[1] === 0x8b) {
-      diffHash = createHash('sha256');
+      diffHash = streamHash();
       const gz = zlib.createGunzip({ chunkSize: 256 << 10 });
       gunzip = gz;
       pipeline(Readable.from(rawChunks(), { objectMode: false }), gz, () => undefined);
@@ -883,7 +910,8 @@ export async function applyLayer(
       tarChunks = (async function* () {
         try {
           for await (const c of gz as AsyncIterable<Buffer>) {
-            dh.update(c);
+            const w = dh.update(c);
+            if (w) await w;
             diffSize += c.length;
             yield c;
           }
@@ -961,10 +989,10 @@ export async function applyLayer(
     // The diff digest covers every byte of the stream, including what follows the end marker.
     await fd.finish();
     await applier.drain();
-    await applier.finishDirs();
+    applier.finishDirs();
 
-    const diffDigest = 'sha256:' + diffHash.digest('hex');
-    const compressedDigest = diffHash === compHash ? diffDigest : 'sha256:' + compHash.digest('hex');
+    const diffDigest = await diffHash.digest();
+    const compressedDigest = diffHash === compHash ? diffDigest : await compHash.digest();
     if (opts.expectCompressedDigest && opts.expectCompressedDigest !== compressedDigest) {
       throw new LayerfsError('EDIGEST', 'layer', `compressed digest mismatch: expected ${opts.expectCompressedDigest}, got ${compressedDigest}`);
     }
@@ -974,6 +1002,8 @@ export async function applyLayer(
     return { diffDigest, compressedDigest, size: applier.size, compressedSize: compSize };
   } catch (e) {
     ex.destroy();
+    compHash.abort();
+    diffHash.abort();
     gunzip?.destroy();
     src.destroy();
     await applier.settle();

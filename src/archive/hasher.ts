@@ -21,7 +21,9 @@ export interface StreamHash {
   abort(): void;
 }
 
-const RING = 16 << 20;
+const RING = 32 << 20;
+/** Bytes copied into the ring before the worker is told (fewer messages, fewer wake-ups). */
+const BATCH = 4 << 20;
 
 const WORKER_SRC = `
 const { parentPort } = require('node:worker_threads');
@@ -95,7 +97,8 @@ class WorkerHash implements StreamHash {
   private readonly ring: Buffer;
   private readonly sab: SharedArrayBuffer;
   private pos = 0; // next write offset in the ring
-  private inflight = 0; // bytes posted, not yet acknowledged
+  private inflight = 0; // bytes in the ring, not yet acknowledged (posted or not)
+  private unposted = 0; // bytes just before pos not yet posted to the worker
   private wake: (() => void) | null = null;
   private err: Error | null = null;
   private done: ((hex: string | null) => void) | null = null;
@@ -145,20 +148,35 @@ class WorkerHash implements StreamHash {
     let off = 0;
     while (off < c.length) {
       const room = RING - this.inflight;
-      if (room === 0) return this.waitThen(c.subarray(off));
+      if (room === 0) {
+        this.flush();
+        return this.waitThen(c.subarray(off));
+      }
       const n = Math.min(c.length - off, room, RING - this.pos);
       c.copy(this.ring, this.pos, off, off + n);
-      this.s.w.postMessage({ t: 'u', id: this.id, off: this.pos, len: n });
       this.inflight += n;
-      this.pos = (this.pos + n) % RING;
+      this.unposted += n;
+      this.pos += n;
       off += n;
+      if (this.pos === RING || this.unposted >= BATCH) this.flush();
+      if (this.pos === RING) this.pos = 0;
     }
     return undefined;
   }
 
+  private flush(): void {
+    if (this.unposted === 0) return;
+    const end = this.pos === 0 ? RING : this.pos;
+    this.s.w.postMessage({ t: 'u', id: this.id, off: end - this.unposted, len: this.unposted });
+    this.unposted = 0;
+  }
+
   private async waitThen(rest: Buffer): Promise<void> {
     while (rest.length) {
-      if (this.inflight === RING) await new Promise<void>((r) => (this.wake = r));
+      if (this.inflight === RING) {
+        this.flush();
+        await new Promise<void>((r) => (this.wake = r));
+      }
       if (this.err) throw this.err;
       const n = Math.min(rest.length, RING - this.inflight, RING - this.pos);
       if (n === 0) continue;
@@ -170,6 +188,7 @@ class WorkerHash implements StreamHash {
 
   async digest(): Promise<string> {
     if (this.err) throw this.err;
+    this.flush();
     const hex = await new Promise<string | null>((resolve) => {
       this.done = resolve;
       this.s.w.postMessage({ t: 'd', id: this.id });

@@ -13,7 +13,7 @@ import { fsErr } from './errors.js';
 import type { AliasIndex } from './layer.js';
 import type { Node } from './node.js';
 import { lstatOrNull } from './whiteout.js';
-import { copyXattrs } from './xattr.js';
+import { copyXattrs, writeInoXattr } from './xattr.js';
 
 export interface CopyUpHost {
   upperPath(n: Node): string;
@@ -66,6 +66,7 @@ export async function copyUp(h: CopyUpHost, n: Node, opts: CopyUpOptions = {}): 
         native.mknod(tmp, st.mode, major(st.rdev), minor(st.rdev));
     }
     copyXattrs(src, tmp);
+    writeInoXattr(tmp, n.ino); // the number this node has had so far stays after a remount
     await lchown(tmp, st.uid, st.gid);
     if (n.kind !== 'symlink') await chmod(tmp, st.mode & 0o7777); // after chown, which clears set-id bits
     await lutimes(tmp, st.atimeMs / 1000, st.mtimeMs / 1000);

@@ -35,7 +35,7 @@ import { AliasIndex, LowerCache, type LowerDir } from './layer.js';
 import { Mutex } from './mutex.js';
 import { kindOf, Node, type DirEntry, type NodeStat } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
-import { isPrivateXattr, listVisible } from './xattr.js';
+import { isPrivateXattr, listVisible, readInoXattr } from './xattr.js';
 
 export interface OverlayOptions {
   /** Lower dirs, top first. */
@@ -45,6 +45,9 @@ export interface OverlayOptions {
 }
 
 export const ROOT_ID = 1;
+/** Stable inode numbers: st_ino + tag * 2^43 (see newNode); session-only numbers start at 2^52. */
+const INO_LAYER_UNIT = 2 ** 43;
+const FALLBACK_INO_BASE = 2 ** 52;
 const NAME_MAX = 255;
 const O_ACCMODE = 3;
 
@@ -84,12 +87,18 @@ export class Overlay implements CopyUpHost {
   private readonly byKey = new Map<string, Node>();
   private readonly handles = new Map<number, Handle>();
   private readonly lock = new Mutex();
-  private nextIno = ROOT_ID + 1;
+  /** Session numbers for nodes whose stable number is taken or unknown (2^52 up: above every derived one). */
+  private nextFallbackIno = FALLBACK_INO_BASE;
+  /** Per layer (0 = upper, i + 1 = lower i): the high bits added to st_ino; 0 for layers on the upper's fs. */
+  private readonly layerTags: number[];
   private nextFh = 1;
   private tmpSeq = 0;
 
-  private constructor(opts: OverlayOptions, rootStat: Stats) {
+  private constructor(opts: OverlayOptions, rootStat: Stats, layerDevs: number[]) {
     this.lowers = opts.lowerdirs;
+    // inode numbers as the kernel's overlay (xino off) gives them when every layer is on one fs: the real st_ino;
+    // layers on another fs get their index in the high bits (st_ino < 2^43, 511 layers: below 2^52)
+    this.layerTags = layerDevs.map((dev, i) => (dev === rootStat.dev ? 0 : i));
     this.upper = opts.upperdir ?? null;
     this.work = opts.workdir ? path.join(opts.workdir, 'work') : null;
     this.root = new Node(ROOT_ID, 'dir', this.upper !== null);
@@ -118,7 +127,8 @@ export class Overlay implements CopyUpHost {
       await mkdir(work, { mode: 0o700 });
     }
     const rootStat = await lstat(o.upperdir ?? o.lowerdirs[0]);
-    return new Overlay(o, rootStat);
+    const devs = [rootStat.dev, ...(await Promise.all(o.lowerdirs.map(async (d) => (await lstat(d)).dev)))];
+    return new Overlay(o, rootStat, devs);
   }
 
   get readonly(): boolean {
@@ -139,10 +149,28 @@ export class Overlay implements CopyUpHost {
     return n;
   }
 
-  private newNode(kind: Node['kind'], upper: boolean): Node {
-    const n = new Node(this.nextIno++, kind, upper);
+  /**
+   * A new node numbered from its real inode: st_ino (plus the layer's tag when that layer is on another fs), or
+   * the number recorded on an upper copy at copy-up, so a number survives copy-up and remount. A number taken by
+   * another node (a reused st_ino after a delete, a hardlink across layers) gets a session number instead.
+   */
+  private newNode(kind: Node['kind'], upper: boolean, st: Stats, layer: number, realPath: string): Node {
+    let ino = upper ? (readInoXattr(realPath) ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
+    if (ino <= ROOT_ID || this.nodes.has(ino)) ino = this.fallbackIno();
+    const n = new Node(ino, kind, upper);
     this.nodes.set(n.ino, n);
     return n;
+  }
+
+  private derivedIno(layerSlot: number, stIno: number): number {
+    const tag = this.layerTags[layerSlot] ?? -1;
+    if (tag < 0 || tag >= 512 || !(stIno < INO_LAYER_UNIT)) return 0;
+    return tag * INO_LAYER_UNIT + stIno;
+  }
+
+  private fallbackIno(): number {
+    while (this.nodes.has(this.nextFallbackIno)) this.nextFallbackIno++;
+    return this.nextFallbackIno++;
   }
 
   private setKey(n: Node, key: string): void {
@@ -228,8 +256,9 @@ export class Overlay implements CopyUpHost {
 
   private materialize(p: Node, name: string, r: Resolution): Node {
     const kind = kindOf(r.st);
+    const real = r.upper ? path.join(this.upperPath(p), name) : (r.lowerPath ?? r.lowerDirs[0]?.path ?? '');
     if (kind === 'dir') {
-      const n = this.newNode('dir', r.upper);
+      const n = this.newNode('dir', r.upper, r.st, r.lowerLayer, real);
       n.lowerDirs = r.lowerDirs;
       n.links = [{ parent: p, name }];
       return n;
@@ -241,7 +270,7 @@ export class Overlay implements CopyUpHost {
       known.addLink(p, name);
       return known;
     }
-    const n = this.newNode(kind, r.upper);
+    const n = this.newNode(kind, r.upper, r.st, r.lowerLayer, real);
     n.lowerPath = r.lowerPath;
     n.lowerLayer = r.lowerLayer;
     n.links = [{ parent: p, name }];
@@ -298,6 +327,11 @@ export class Overlay implements CopyUpHost {
 
   async getattr(id: number): Promise<NodeStat> {
     const n = this.node(id);
+    if (n.removed || (n.links.length === 0 && n !== this.root)) {
+      // unlinked while open: the open file answers (st_nlink 0 for an upper file; lower ones count their whiteout)
+      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, await h.fd.stat());
+      throw fsErr('ENOENT');
+    }
     return this.statOf(n, await lstat(this.realPath(n)));
   }
 
@@ -535,6 +569,9 @@ export class Overlay implements CopyUpHost {
       if (n.kind === 'dir') throw fsErr('EISDIR');
       this.writable();
       await this.copyUp(p);
+      // a lower file with other names: copy it up (its names become upper hardlinks), so the link count the
+      // remaining names report is real, also after a remount (a whiteout alone would leave the lower count)
+      if (!n.upper && n.lowerPath && (await lstat(n.lowerPath)).nlink > 1) await this.copyUp(n);
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);

@@ -37,3 +37,28 @@ export function copyXattrs(src: string, dst: string): void {
     }
   }
 }
+
+/**
+ * The overlay inode number of an upper entry made by copy-up, kept across remounts. In overlay's private
+ * namespace: kernel overlay hides and ignores it, layer export drops it, so the upper dir stays a plain overlay
+ * upper dir (no index files).
+ */
+export const INO_XATTR = 'trusted.overlay.layerfs.ino';
+
+export function readInoXattr(p: string): number | null {
+  try {
+    const v = Number(native.lgetxattr(p, INO_XATTR).toString());
+    return Number.isSafeInteger(v) && v > 0 ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Best effort: without it (no trusted xattrs: not root) the number falls back to the upper st_ino on remount. */
+export function writeInoXattr(p: string, ino: number): void {
+  try {
+    native.lsetxattr(p, INO_XATTR, Buffer.from(String(ino)), 0);
+  } catch {
+    // not root or no xattr support
+  }
+}

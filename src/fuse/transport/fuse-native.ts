@@ -44,15 +44,15 @@ export interface FuseNativeOptions {
 const TYPE_BITS: Record<Kind, number> = { dir: 0o040000, file: 0o100000, symlink: 0o120000, other: 0 };
 const UTIME_MS_SENTINEL = 1073; // fuse-native turns UTIME_NOW/UTIME_OMIT (tv_sec 0, tv_nsec ~2^30) into 1073 ms
 
-function fuseStat(s: NodeStat): Record<string, number> {
+function fuseStat(s: NodeStat, ino: number, nlink: number): Record<string, number> {
   return {
     mode: s.mode,
     uid: s.uid,
     gid: s.gid,
     size: s.size,
     dev: 0,
-    nlink: s.nlink,
-    ino: s.ino,
+    nlink, // fuse-native sends 0 as 1: an open unlinked file cannot report 0 links through this transport
+    ino,
     rdev: s.rdev,
     blksize: s.blksize,
     blocks: s.blocks,
@@ -74,6 +74,13 @@ function isLibfuseHidden(name: string): boolean {
 
 export class FuseNativeTransport {
   private fuse: FuseNativeInstance | null = null;
+  /** Requests answered (for the per-request CPU figure of LAYERFS_FUSE_STATS). */
+  requests = 0;
+  /** fuse-native's stat has a 32-bit st_ino: core numbers (up to 2^53) folded, kept unique within the mount. */
+  private readonly ino32 = new Map<number, number>();
+  private readonly ino32Owner = new Map<number, number>();
+  /** Nodes with libfuse `.fuse_hidden*` names (an unlinked file still open): those names are not links. */
+  private readonly hidden = new Map<number, number>();
 
   constructor(
     private readonly core: Overlay,
@@ -92,6 +99,29 @@ export class FuseNativeTransport {
     return id;
   }
 
+  /** The core's number when it fits in 32 bits (the usual case: every layer on one fs), else a hash of it. */
+  private fold(ino: number): number {
+    const known = this.ino32.get(ino);
+    if (known !== undefined) return known;
+    let v = ino;
+    if (v > 0xffffffff) v = ((ino % 2 ** 32) ^ Math.imul(Math.floor(ino / 2 ** 32), 0x9e3779b1)) >>> 0;
+    if (ino !== ROOT_ID) while (v <= 1 || this.ino32Owner.has(v)) v = (v + 0x9e3779b1) >>> 0;
+    this.ino32.set(ino, v);
+    this.ino32Owner.set(v, ino);
+    return v;
+  }
+
+  private unhide(ino: number): void {
+    const k = (this.hidden.get(ino) ?? 0) - 1;
+    if (k > 0) this.hidden.set(ino, k);
+    else this.hidden.delete(ino);
+  }
+
+  private statOut(s: NodeStat): Record<string, number> {
+    const nlink = Math.max(0, s.nlink - (this.hidden.get(s.ino) ?? 0));
+    return fuseStat(s, this.fold(s.ino), nlink);
+  }
+
   private async resolveParent(p: string): Promise<[number, string]> {
     const [dir, name] = splitPath(p);
     return [await this.resolve(dir), name];
@@ -99,6 +129,7 @@ export class FuseNativeTransport {
 
   /** Run an op; reply `ok(result)` or the negative errno. */
   private run<T>(op: string, cb: Cb, fn: () => Promise<T>, ok: (r: T) => unknown[]): void {
+    this.requests++;
     fn().then(
       (r) => cb(...ok(r)),
       (err: unknown) => {
@@ -115,8 +146,8 @@ export class FuseNativeTransport {
     const ok0 = () => [0];
     return {
       init: (cb: Cb) => cb(0),
-      getattr: (p: string, cb: Cb) => this.run('getattr', cb, async () => c.getattr(await this.resolve(p)), (s) => [0, fuseStat(s)]),
-      fgetattr: (p: string, _fd: number, cb: Cb) => this.run('fgetattr', cb, async () => c.getattr(await this.resolve(p)), (s) => [0, fuseStat(s)]),
+      getattr: (p: string, cb: Cb) => this.run('getattr', cb, async () => c.getattr(await this.resolve(p)), (s) => [0, this.statOut(s)]),
+      fgetattr: (p: string, _fd: number, cb: Cb) => this.run('fgetattr', cb, async () => c.getattr(await this.resolve(p)), (s) => [0, this.statOut(s)]),
       access: (p: string, mode: number, cb: Cb) => this.run('access', cb, async () => c.access(await this.resolve(p), mode), ok0),
       statfs: (_p: string, cb: Cb) =>
         this.run('statfs', cb, () => c.statfs(), (s) => {
@@ -129,7 +160,8 @@ export class FuseNativeTransport {
           const entries = (await c.readdir(id)).filter((e) => !isLibfuseHidden(e.name));
           const up = p === '/' ? id : await this.resolve(splitPath(p)[0]);
           const names = ['.', '..', ...entries.map((e) => e.name)];
-          const stats = [{ mode: TYPE_BITS.dir, ino: id }, { mode: TYPE_BITS.dir, ino: up }, ...entries.map((e) => ({ mode: TYPE_BITS[e.kind], ino: e.ino }))];
+          const f = (ino: number) => this.fold(ino);
+          const stats = [{ mode: TYPE_BITS.dir, ino: f(id) }, { mode: TYPE_BITS.dir, ino: f(up) }, ...entries.map((e) => ({ mode: TYPE_BITS[e.kind], ino: f(e.ino) }))];
           return [names, stats] as const;
         }, ([names, stats]) => [0, names, stats]),
       readlink: (p: string, cb: Cb) => this.run('readlink', cb, async () => c.readlink(await this.resolve(p)), (t) => [0, t]),
@@ -179,7 +211,9 @@ export class FuseNativeTransport {
       unlink: (p: string, cb: Cb) =>
         this.run('unlink', cb, async () => {
           const [pid, name] = await this.resolveParent(p);
+          const n = isLibfuseHidden(name) ? await c.lookup(pid, name) : null;
           await c.unlink(pid, name);
+          if (n) this.unhide(n.ino);
         }, ok0),
       rmdir: (p: string, cb: Cb) =>
         this.run('rmdir', cb, async () => {
@@ -190,7 +224,10 @@ export class FuseNativeTransport {
         this.run('rename', cb, async () => {
           const [sp, sn] = await this.resolveParent(src);
           const [dp, dn] = await this.resolveParent(dest);
+          // libfuse hides an open file it is asked to unlink by renaming it to .fuse_hidden*: count that name out
+          const n = isLibfuseHidden(dn) && !isLibfuseHidden(sn) ? await c.lookup(sp, sn) : null;
           await c.rename(sp, sn, dp, dn, 0);
+          if (n) this.hidden.set(n.ino, (this.hidden.get(n.ino) ?? 0) + 1);
         }, ok0),
       setxattr: (p: string, name: string, value: Buffer, _pos: number, flags: number, cb: Cb) =>
         this.run('setxattr', cb, async () => c.setxattr(await this.resolve(p), name, Buffer.from(value), flags), ok0),

@@ -3,12 +3,14 @@
 # usage: scripts/bench-apply.sh [rounds]      (env BENCH_PATHS="usr/share usr/bin usr/include" to change the input)
 # env BENCH_OTHER=<path to another build's bench-apply-entry.js> adds it as contender "other" in the
 # same run (e.g. a copy of dist/ from before a change, outside the repo: not something to commit).
-# Needs root (ownership, devices) and a prior `npm run build`. Scratch: /var/tmp/layerfs-bench (removed on exit).
+# env BENCH_DIR=<dir> puts the scratch (the tar and all extraction targets) in <dir>/layerfs-bench
+# instead of /var/tmp/layerfs-bench, e.g. BENCH_DIR=/dev/shm for tmpfs (removed on exit).
+# Needs root (ownership, devices) and a prior `npm run build`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
 paths=${BENCH_PATHS:-usr/share usr/bin usr/include}
-scratch=/var/tmp/layerfs-bench
+scratch=${BENCH_DIR:-/var/tmp}/layerfs-bench
 entry=dist/scripts/bench-apply-entry.js
 [ -f "$entry" ] || { echo "bench: $entry missing; run npm run build" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (GNU tar --same-owner and layerfs both chown)" >&2; exit 1; }
@@ -23,10 +25,12 @@ echo "building layer tar from / : $paths"
 tar -C / --xattrs --format=pax -cf "$scratch/layer.tar" $paths 2>/dev/null || true
 tar_bytes=$(stat -c %s "$scratch/layer.tar")
 entries=$(tar -tf "$scratch/layer.tar" | wc -l)
-printf 'layer tar: %d MB, %d entries\n' $((tar_bytes / 1000000)) "$entries"
+printf 'layer tar: %d MB, %d entries; scratch %s on %s\n' $((tar_bytes / 1000000)) "$entries" "$scratch" "$(stat -f -c %T "$scratch")"
 cat "$scratch/layer.tar" >/dev/null # warm the page cache for both readers
 
 now() { date +%s.%N; }
+# CPU split per run (user/sys seconds) when GNU time is there; load from other processes shows as wall >> user+sys
+timer=""; [ -x /usr/bin/time ] && timer="/usr/bin/time -f %Uu+%Ss -o $scratch/cpu"
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / 1e6 / s }'; }
 
 contenders="tar layerfs"
@@ -42,18 +46,19 @@ for r in $(seq 1 "$rounds"); do
     rm -rf "$out"; mkdir -p "$out"; sync
     t0=$(now)
     if [ "$who" = tar ]; then
-      tar -C "$out" --same-owner -p --xattrs --xattrs-include='*' -xf "$scratch/layer.tar"
+      $timer tar -C "$out" --same-owner -p --xattrs --xattrs-include='*' -xf "$scratch/layer.tar"
     elif [ "$who" = other ]; then
-      node "$BENCH_OTHER" "$scratch/layer.tar" "$out" >"$scratch/other.json"
+      $timer node "$BENCH_OTHER" "$scratch/layer.tar" "$out" >"$scratch/other.json"
     else
-      node "$entry" "$scratch/layer.tar" "$out" >"$scratch/lfs.json"
+      $timer node "$entry" "$scratch/layer.tar" "$out" >"$scratch/lfs.json"
     fi
     t1=$(now)
     sync
     t2=$(now)
     el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
     els=$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }')
-    printf 'round %d %-8s %6.2fs  %7s MB/s   (incl. sync %6.2fs  %7s MB/s)\n' "$r" "$who" "$el" "$(mbps "$tar_bytes" "$el")" "$els" "$(mbps "$tar_bytes" "$els")"
+    cpu=""; [ -n "$timer" ] && cpu="  cpu $(cat "$scratch/cpu")"
+    printf 'round %d %-8s %6.2fs  %7s MB/s   (incl. sync %6.2fs  %7s MB/s)%s\n' "$r" "$who" "$el" "$(mbps "$tar_bytes" "$el")" "$els" "$(mbps "$tar_bytes" "$els")" "$cpu"
     best[$who]=$(awk -v a="${best[$who]}" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
     best_sync[$who]=$(awk -v a="${best_sync[$who]}" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
   done

@@ -7,13 +7,13 @@
 import path from 'node:path';
 import { LayerfsError } from '../common/errors.js';
 import { isMounted, unmount } from './mountinfo.js';
-import { formatMountOptions } from './options.js';
+import { formatMountOptions, type Transport } from './options.js';
 import { spawnServer } from './spawn.js';
 
 export { Overlay, ROOT_ID, type OverlayOptions, type StatFs } from './core/overlay.js';
 export type { Node, NodeStat, DirEntry, Kind } from './core/node.js';
 export { FsError, errnoOf } from './core/errors.js';
-export { parseMountOptions, formatMountOptions, splitLowerdirs, type MountConfig } from './options.js';
+export { parseMountOptions, formatMountOptions, splitLowerdirs, defaultTransport, parseTransport, TRANSPORTS, type MountConfig, type Transport } from './options.js';
 export { isMounted } from './mountinfo.js';
 export { SERVER_MAIN } from './spawn.js';
 
@@ -24,12 +24,14 @@ export interface FuseMountOptions {
   upperdir?: string;
   workdir?: string;
   mountpoint: string;
+  /** Default: defaultTransport() (direct as root). */
+  transport?: Transport;
 }
 
 /** Spawn the server process for one mount; resolves when the mount is ready. */
 export async function startFuseMount(o: FuseMountOptions): Promise<{ pid: number }> {
   const abs = (p: string) => path.resolve(p);
-  const opt = formatMountOptions({ lowerdirs: o.lowerdirs.map(abs), upperdir: o.upperdir && abs(o.upperdir), workdir: o.workdir && abs(o.workdir) });
+  const opt = formatMountOptions({ lowerdirs: o.lowerdirs.map(abs), upperdir: o.upperdir && abs(o.upperdir), workdir: o.workdir && abs(o.workdir), transport: o.transport });
   return spawnServer(['-o', opt, abs(o.mountpoint)]);
 }
 

@@ -11,8 +11,25 @@ export interface MountConfig {
   attrTimeout?: number;
   entryTimeout?: number;
   debug?: boolean;
+  /** direct (/dev/fuse spoken here) or fuse-native (libfuse 2); default: defaultTransport(). */
+  transport?: Transport;
   /** Options we pass through to libfuse as they are (e.g. allow_root). */
   extra: string[];
+}
+
+export type Transport = 'direct' | 'fuse-native';
+export const TRANSPORTS: readonly Transport[] = ['direct', 'fuse-native'];
+
+export function parseTransport(v: string): Transport {
+  if (v === 'direct' || v === 'fuse-native') return v;
+  throw new LayerfsError('EUSAGE', 'fuse', `unknown transport ${JSON.stringify(v)} (direct or fuse-native)`);
+}
+
+/** `direct` when this process may mount(2) (root), `fuse-native` otherwise; env LAYERFS_FUSE_TRANSPORT overrides. */
+export function defaultTransport(): Transport {
+  const env = process.env.LAYERFS_FUSE_TRANSPORT;
+  if (env) return parseTransport(env);
+  return process.getuid?.() === 0 ? 'direct' : 'fuse-native';
 }
 
 const IGNORED = new Set(['rw', 'allow_other', 'default_permissions', 'suid', 'dev', 'exec', 'nosuid', 'nodev', 'noexec', 'noatime', 'relatime', 'squash_to_root', 'noacl', 'static_nlink', 'fast_ino', 'xino', 'volatile', 'threaded', 'writeback', 'redirect_dir', 'index', 'metacopy', 'userxattr', 'context', 'plugins', 'timeout', 'uidmapping', 'gidmapping']);
@@ -50,6 +67,9 @@ export function parseMountOptions(opts: string[], mountpoint: string): MountConf
       case 'entry_timeout':
         cfg.entryTimeout = Number(val);
         break;
+      case 'transport':
+        cfg.transport = parseTransport(val);
+        break;
       case 'debug':
         cfg.debug = true;
         break;
@@ -70,11 +90,12 @@ export function parseMountOptions(opts: string[], mountpoint: string): MountConf
 }
 
 /** The -o string for a config (what the server process is given). */
-export function formatMountOptions(c: { lowerdirs: string[]; upperdir?: string; workdir?: string }): string {
+export function formatMountOptions(c: { lowerdirs: string[]; upperdir?: string; workdir?: string; transport?: Transport }): string {
   const esc = (p: string) => p.replace(/:/g, '\\:');
   const parts = [`lowerdir=${c.lowerdirs.map(esc).join(':')}`];
   if (c.upperdir) parts.push(`upperdir=${c.upperdir}`);
   if (c.workdir) parts.push(`workdir=${c.workdir}`);
+  if (c.transport) parts.push(`transport=${c.transport}`);
   for (const p of [...c.lowerdirs, c.upperdir ?? '', c.workdir ?? '']) {
     if (p.includes(',')) throw new LayerfsError('EUSAGE', 'fuse', `path with a comma: ${p}`);
   }

@@ -1,5 +1,5 @@
 /**
- * The FUSE server process: `server-main.js [-f] [-d] [--ready-fd N] -o lowerdir=A:B,upperdir=U,workdir=W MNT`.
+ * The FUSE server process: `server-main.js [-f] [-d] [--ready-fd N] [--transport direct|fuse-native] -o lowerdir=A:B,upperdir=U,workdir=W MNT`.
  * With -f it serves in the foreground until unmounted; without, it starts itself detached and returns when the
  * mount is ready. With --ready-fd it reports {"ready":true,"pid":N} or {"error":"..."} as one JSON line on that fd.
  */
@@ -23,6 +23,8 @@ export function parseArgs(argv: string[]): Args {
     if (v === '-f') a.foreground = true;
     else if (v === '-d') a.debug = a.foreground = true;
     else if (v === '--ready-fd') a.readyFd = Number(argv[++i]);
+    else if (v === '--transport') a.opts.push(`transport=${argv[++i] ?? ''}`);
+    else if (v.startsWith('--transport=')) a.opts.push(`transport=${v.slice('--transport='.length)}`);
     else if (v === '-o') a.opts.push(argv[++i] ?? '');
     else if (v.startsWith('-o')) a.opts.push(v.slice(2));
     else a.positional.push(v);

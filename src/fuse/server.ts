@@ -1,11 +1,14 @@
 /**
- * One FUSE mount served by this process: open the overlay core, mount it through the fuse-native transport, and
- * stay until the mount goes away (umount / fusermount -u) or SIGTERM/SIGINT (which unmount cleanly).
+ * One FUSE mount served by this process: open the overlay core, mount it through a transport (direct: /dev/fuse
+ * spoken here; fuse-native: libfuse 2), and stay until the mount goes away (umount / fusermount -u) or
+ * SIGTERM/SIGINT (which unmount cleanly).
  */
+import { appendFileSync } from 'node:fs';
 import { logger } from '../common/log.js';
 import { Overlay } from './core/overlay.js';
 import { isMounted, unmount } from './mountinfo.js';
-import type { MountConfig } from './options.js';
+import { defaultTransport, type MountConfig } from './options.js';
+import { DirectTransport } from './transport/direct/transport.js';
 import { FuseNativeTransport } from './transport/fuse-native.js';
 
 export interface ServerHandle {
@@ -13,12 +16,25 @@ export interface ServerHandle {
   done: Promise<void>;
 }
 
+/** With LAYERFS_FUSE_STATS=FILE the server appends {transport, requests, cpuUs} to FILE when it ends (benchmarks). */
+function writeStats(transport: string, requests: number): void {
+  const file = process.env.LAYERFS_FUSE_STATS;
+  if (!file) return;
+  const u = process.cpuUsage();
+  try {
+    appendFileSync(file, JSON.stringify({ transport, pid: process.pid, requests, cpuUs: u.user + u.system, userUs: u.user, sysUs: u.system }) + '\n');
+  } catch {
+    // best effort
+  }
+}
+
 /** Mount and serve. Resolves once the mount is usable; `done` settles when it ends. */
 export async function serve(cfg: MountConfig): Promise<ServerHandle> {
   const log = logger().child({ mnt: cfg.mountpoint });
   process.umask(0); // modes from the kernel already have the caller's umask applied
   const core = await Overlay.open({ lowerdirs: cfg.lowerdirs, upperdir: cfg.upperdir, workdir: cfg.workdir });
-  const transport = new FuseNativeTransport(core, {
+  const kind = cfg.transport ?? defaultTransport();
+  const common = {
     mountpoint: cfg.mountpoint,
     fsname: cfg.fsname,
     attrTimeout: cfg.attrTimeout,
@@ -26,36 +42,53 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     readonly: core.readonly,
     debug: cfg.debug,
     extraOptions: cfg.extra,
-  }, log);
-  await transport.mount();
-  log.info({ lowerdirs: cfg.lowerdirs, upperdir: cfg.upperdir }, 'mounted');
+  };
 
   let finish!: () => void;
   const done = new Promise<void>((r) => (finish = r));
   let ending = false;
+  let timer: NodeJS.Timeout | undefined;
+  let requests = (): number => 0;
   const end = async (why: string) => {
     if (ending) return;
     ending = true;
     clearInterval(timer);
     log.info({ why }, 'unmounting');
     await core.close();
+    writeStats(kind, requests());
     finish();
   };
-  // the libfuse loop runs on its own thread: watch the mount table to learn that the mount is gone
-  let seen = true; // mount() resolved: it is mounted (an unmount may come before the first poll)
-  const timer = setInterval(() => {
-    isMounted(cfg.mountpoint).then(
-      (m) => {
-        if (m) seen = true;
-        else if (seen) void end('unmounted');
-      },
-      () => undefined,
-    );
-  }, 300);
+
+  if (kind === 'direct') {
+    const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
+    await t.mount();
+    requests = () => t.stats.requests;
+    // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
+    void t.ended.then((why) => end(why));
+  } else {
+    const t = new FuseNativeTransport(core, common, log);
+    await t.mount();
+    requests = () => t.requests;
+    // the libfuse loop runs on its own thread: watch the mount table to learn that the mount is gone
+    let seen = true; // mount() resolved: it is mounted (an unmount may come before the first poll)
+    timer = setInterval(() => {
+      isMounted(cfg.mountpoint).then(
+        (m) => {
+          if (m) seen = true;
+          else if (seen) void end('unmounted');
+        },
+        () => undefined,
+      );
+    }, 300);
+  }
+  log.info({ lowerdirs: cfg.lowerdirs, upperdir: cfg.upperdir, transport: kind }, 'mounted');
+
   const onSignal = (sig: string) => {
     unmount(cfg.mountpoint, { lazy: true })
       .catch((err: unknown) => log.warn({ err }, 'unmount failed'))
-      .finally(() => void end(sig));
+      .finally(() => {
+        if (kind !== 'direct') void end(sig);
+      });
   };
   process.once('SIGTERM', () => onSignal('SIGTERM'));
   process.once('SIGINT', () => onSignal('SIGINT'));

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { LayerfsError } from '../common/errors.js';
+import { SERVER_POOL_SIZE } from './transport/direct/threadpool.js';
 
 /** The compiled server entry beside this module (dist/src/fuse/server-main.js). */
 export const SERVER_MAIN = fileURLToPath(new URL('./server-main.js', import.meta.url));
@@ -24,6 +25,8 @@ export async function spawnServer(args: string[], opts: { timeoutMs?: number } =
   try {
     child = spawn(process.execPath, [SERVER_MAIN, '-f', '--ready-fd', '3', ...args], {
       detached: true,
+      // the direct transport's reads of /dev/fuse wait on libuv's pool: give it room (read at process start only)
+      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(SERVER_POOL_SIZE) },
       stdio: ['ignore', 'ignore', errFd, 'pipe'],
     });
   } finally {

@@ -1,0 +1,679 @@
+/**
+ * The direct transport: the kernel's FUSE protocol spoken over /dev/fuse from this process, no libfuse.
+ *
+ *  - mount: /dev/fuse opened here, mount(8) run with it as its fd 3 (`-o fd=3,...`); the kernel then queues FUSE_INIT.
+ *  - requests are read on the libuv threadpool (`fs.read`, several outstanding; each read returns one request), decoded
+ *    and handed to the overlay core with the caller's uid/gid; many requests are in flight at once (the core is async).
+ *  - replies are written synchronously (one writev of header + payload: the kernel consumes it at once).
+ *  - node ids are the core's inode numbers (root = 1), so hardlinks share one kernel inode; lookup counts are kept
+ *    per node id so FORGET can drop them (the core keeps its nodes for the life of the mount: see nodeCount()).
+ *  - the read loop ends on ENODEV (unmounted or connection aborted).
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, fstatSync, openSync, read, writevSync } from 'node:fs';
+import { constants as osc } from 'node:os';
+import type { Logger } from 'pino';
+import { errnoOf, fsErr } from '../../core/errors.js';
+import type { DirEntry, Node, NodeStat } from '../../core/node.js';
+import { ROOT_ID, type Overlay } from '../../core/overlay.js';
+import {
+  attrOut,
+  cstr,
+  direntSize,
+  dtype,
+  ENTRY_OUT,
+  entryOut,
+  FATTR,
+  FOPEN_CACHE_DIR,
+  FOPEN_KEEP_CACHE,
+  FUSE_GETATTR_FH,
+  FUSE_KERNEL_MINOR_VERSION,
+  FUSE_KERNEL_VERSION,
+  IN_HEADER,
+  INIT,
+  Op,
+  OUT_HEADER,
+  openOut,
+  readHeader,
+  u64,
+  writeDirent,
+  writeEntry,
+  writeU64,
+  type InHeader,
+} from './proto.js';
+import { readersFor } from './threadpool.js';
+
+export interface DirectOptions {
+  mountpoint: string;
+  fsname?: string;
+  /** Seconds the kernel may cache names (and negative lookups). All changes go through the mount: long. */
+  entryTimeout?: number;
+  /** Seconds the kernel may cache attributes (one kernel inode per node, hardlinks included: long is correct). */
+  attrTimeout?: number;
+  readonly?: boolean;
+  debug?: boolean;
+  /** Extra mount(8) -o options. */
+  extraOptions?: string[];
+  /** Reads outstanding on /dev/fuse (each holds a threadpool thread while it waits). */
+  readers?: number;
+  /** Largest write the kernel may send (and read it may ask for). */
+  maxWrite?: number;
+}
+
+export interface TransportStats {
+  requests: number;
+  byOp: Record<string, number>;
+}
+
+const ENODEV = osc.errno.ENODEV;
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+const S_ISGID = 0o2000;
+const TYPE_MODE: Record<DirEntry['kind'], number> = { dir: 0o040000, file: 0o100000, symlink: 0o120000, other: 0 };
+
+/** Ops that only read: an INTERRUPT answers them EINTR at once (the core's work finishes unseen). */
+const INTERRUPTIBLE = new Set<number>([Op.LOOKUP, Op.GETATTR, Op.READ, Op.READDIR, Op.READDIRPLUS, Op.READLINK, Op.GETXATTR, Op.LISTXATTR, Op.STATFS, Op.ACCESS, Op.OPEN, Op.OPENDIR, Op.FSYNC, Op.FSYNCDIR, Op.FLUSH]);
+
+interface DirHandle {
+  id: number;
+  entries: DirEntry[] | null;
+  loading: Promise<DirEntry[]> | null;
+  parent: number;
+}
+
+interface InFlight {
+  opcode: number;
+  interrupted: boolean;
+}
+
+class Reply {
+  constructor(readonly payload: Buffer | Buffer[] | null) {}
+}
+
+export class DirectTransport {
+  private fd = -1;
+  private readonly entryTimeout: number;
+  private readonly attrTimeout: number;
+  private readonly maxWrite: number;
+  private readonly bufSize: number;
+  private readonly pool: Buffer[] = [];
+  /** node id -> kernel lookup count */
+  private readonly nlookup = new Map<number, number>();
+  private readonly dirs = new Map<number, DirHandle>();
+  private nextDirFh = 1;
+  private readonly inflight = new Map<bigint, InFlight>();
+  private readonly myUid = process.getuid?.() ?? 0;
+  private readonly myGid = process.getgid?.() ?? 0;
+  private readersRunning = 0;
+  private stopped = false;
+  private initDone!: () => void;
+  private initFailed!: (e: Error) => void;
+  private endResolve!: (why: string) => void;
+  /** Settles when the read loop has ended (unmounted: ENODEV) with why. */
+  readonly ended: Promise<string>;
+  readonly stats: TransportStats = { requests: 0, byOp: {} };
+
+  constructor(
+    private readonly core: Overlay,
+    private readonly opts: DirectOptions,
+    private readonly log: Logger,
+  ) {
+    this.entryTimeout = opts.entryTimeout ?? 86400;
+    this.attrTimeout = opts.attrTimeout ?? 86400;
+    this.maxWrite = opts.maxWrite ?? 1 << 20;
+    this.bufSize = this.maxWrite + 4096;
+    this.ended = new Promise((r) => (this.endResolve = r));
+  }
+
+  /** Mount and wait for FUSE_INIT to be answered (the mount is usable). */
+  async mount(): Promise<void> {
+    this.fd = openSync('/dev/fuse', 'r+');
+    const st = fstatSync(this.fd);
+    void st;
+    const o = [
+      'fd=3',
+      `rootmode=${(S_IFDIR).toString(8)}`,
+      `user_id=${this.myUid}`,
+      `group_id=${this.myGid}`,
+      'allow_other',
+      'default_permissions',
+      ...(this.opts.readonly ? ['ro'] : []),
+      ...(this.opts.extraOptions ?? []),
+    ];
+    const fsname = (this.opts.fsname ?? 'layerfs').replace(/[,\s]/g, '_');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const child = spawn('mount', ['-i', '-t', 'fuse.layerfs', '-o', o.join(','), fsname, this.opts.mountpoint], {
+          stdio: ['ignore', 'ignore', 'pipe', this.fd],
+        });
+        let err = '';
+        child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+        child.once('error', reject);
+        child.once('exit', (code, sig) => (code === 0 ? resolve() : reject(new Error(`mount: ${err.trim() || sig || `exit ${code}`}`))));
+      });
+    } catch (err) {
+      closeSync(this.fd);
+      this.fd = -1;
+      throw err;
+    }
+    const init = new Promise<void>((res, rej) => {
+      this.initDone = res;
+      this.initFailed = rej;
+    });
+    const readers = this.opts.readers ?? readersFor();
+    for (let i = 0; i < readers; i++) this.readLoop();
+    await init;
+  }
+
+  /** Node ids the kernel holds a lookup on. */
+  nodeCount(): number {
+    return this.nlookup.size;
+  }
+
+  private getBuf(): Buffer {
+    return this.pool.pop() ?? Buffer.allocUnsafe(this.bufSize);
+  }
+
+  private putBuf(b: Buffer): void {
+    if (this.pool.length < 16) this.pool.push(b);
+  }
+
+  private readLoop(): void {
+    this.readersRunning++;
+    const next = (): void => {
+      if (this.stopped) return this.readerEnd('stopped');
+      const buf = this.getBuf();
+      read(this.fd, buf, 0, buf.length, null, (err, n) => {
+        if (err) {
+          this.putBuf(buf);
+          const code = (err as NodeJS.ErrnoException).code;
+          if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') return next(); // request aborted while queued
+          if (code !== 'ENODEV') this.log.warn({ err }, 'fuse: read /dev/fuse failed');
+          this.stopped = true;
+          this.initFailed?.(new Error(`fuse: /dev/fuse: ${code}`));
+          return this.readerEnd(code === 'ENODEV' ? 'unmounted' : `read error ${code}`);
+        }
+        next();
+        this.handle(buf, n);
+      });
+    };
+    next();
+  }
+
+  private readerEnd(why: string): void {
+    this.readersRunning--;
+    if (this.readersRunning === 0) {
+      if (this.fd >= 0) {
+        try {
+          closeSync(this.fd);
+        } catch {
+          // already gone
+        }
+        this.fd = -1;
+      }
+      this.endResolve(why);
+    }
+  }
+
+  // ---- replies ----------------------------------------------------------------------------------------------
+
+  private send(unique: bigint, error: number, payload: Buffer | Buffer[] | null): void {
+    if (this.fd < 0) return;
+    const parts = payload === null ? [] : Array.isArray(payload) ? payload : [payload];
+    const hdr = Buffer.allocUnsafe(OUT_HEADER);
+    let len = OUT_HEADER;
+    for (const p of parts) len += p.length;
+    hdr.writeUInt32LE(len, 0);
+    hdr.writeInt32LE(-error, 4);
+    hdr.writeBigUInt64LE(unique, 8);
+    try {
+      writevSync(this.fd, [hdr, ...parts]);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // ENOENT: the request was interrupted/aborted meanwhile; ENODEV: unmounted
+      if (code !== 'ENOENT' && code !== 'ENODEV') this.log.warn({ err, error }, 'fuse: reply failed');
+    }
+  }
+
+  private ref(id: number, n = 1): void {
+    this.nlookup.set(id, (this.nlookup.get(id) ?? 0) + n);
+  }
+
+  private forget(id: number, n: number): void {
+    const c = (this.nlookup.get(id) ?? 0) - n;
+    if (c <= 0) this.nlookup.delete(id);
+    else this.nlookup.set(id, c);
+  }
+
+  private async entry(n: Node): Promise<Buffer> {
+    const st = await this.core.getattr(n.ino);
+    this.ref(n.ino);
+    return entryOut(n.ino, st, this.entryTimeout, this.attrTimeout);
+  }
+
+  // ---- dispatch ---------------------------------------------------------------------------------------------
+
+  private handle(buf: Buffer, n: number): void {
+    if (n < IN_HEADER) {
+      this.putBuf(buf);
+      return;
+    }
+    const h = readHeader(buf);
+    this.stats.requests++;
+    if (this.opts.debug) this.stats.byOp[h.opcode] = (this.stats.byOp[h.opcode] ?? 0) + 1;
+    const end = Math.min(n, h.len);
+    // no-reply ops first
+    switch (h.opcode) {
+      case Op.FORGET:
+        this.forget(h.nodeid, u64(buf, IN_HEADER));
+        this.putBuf(buf);
+        return;
+      case Op.BATCH_FORGET: {
+        const count = buf.readUInt32LE(IN_HEADER);
+        for (let i = 0, off = IN_HEADER + 8; i < count && off + 16 <= end; i++, off += 16) this.forget(u64(buf, off), u64(buf, off + 8));
+        this.putBuf(buf);
+        return;
+      }
+      case Op.INTERRUPT: {
+        const target = buf.readBigUInt64LE(IN_HEADER);
+        this.putBuf(buf);
+        this.interrupt(target, true);
+        return;
+      }
+    }
+    const fl: InFlight = { opcode: h.opcode, interrupted: false };
+    this.inflight.set(h.unique, fl);
+    // WRITE and SETXATTR keep their request buffer until done; everything else decodes what it needs up front
+    const keep = h.opcode === Op.WRITE || h.opcode === Op.SETXATTR;
+    let p: Promise<Reply>;
+    try {
+      p = this.dispatch(h, buf, end);
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    if (!keep) this.putBuf(buf);
+    p.then(
+      (r) => {
+        this.inflight.delete(h.unique);
+        if (fl.interrupted) return this.dropLate(h, r);
+        this.send(h.unique, 0, r.payload);
+      },
+      (err: unknown) => {
+        this.inflight.delete(h.unique);
+        if (fl.interrupted) return;
+        const e = errnoOf(err);
+        if (e === osc.errno.EIO) this.log.warn({ err, op: h.opcode }, 'fuse op failed');
+        else if (this.opts.debug) this.log.debug({ op: h.opcode, code: (err as { code?: string }).code }, 'fuse op error');
+        this.send(h.unique, e, null);
+      },
+    ).finally(() => {
+      if (keep) this.putBuf(buf);
+    });
+  }
+
+  private interrupt(target: bigint, retry: boolean): void {
+    const fl = this.inflight.get(target);
+    if (!fl) {
+      // the INTERRUPT can overtake its request between two outstanding reads: look once more
+      if (retry) setImmediate(() => this.interrupt(target, false));
+      return;
+    }
+    if (!INTERRUPTIBLE.has(fl.opcode) || fl.interrupted) return;
+    fl.interrupted = true;
+    this.send(target, osc.errno.EINTR, null);
+  }
+
+  /** A reply nobody waits for any more: undo what it would have handed the kernel (a handle). */
+  private dropLate(h: InHeader, r: Reply): void {
+    if (h.opcode === Op.OPEN && Buffer.isBuffer(r.payload)) void this.core.release(u64(r.payload, 0)).catch(() => undefined);
+    if (h.opcode === Op.OPENDIR && Buffer.isBuffer(r.payload)) this.dirs.delete(u64(r.payload, 0));
+    if (h.opcode === Op.LOOKUP && Buffer.isBuffer(r.payload)) {
+      const id = u64(r.payload, 0);
+      if (id) this.forget(id, 1);
+    }
+  }
+
+  private dispatch(h: InHeader, b: Buffer, end: number): Promise<Reply> {
+    const c = this.core;
+    const I = IN_HEADER;
+    const id = h.nodeid;
+    switch (h.opcode) {
+      case Op.INIT:
+        return Promise.resolve(this.init(b));
+      case Op.DESTROY:
+        return Promise.resolve(new Reply(null));
+      case Op.LOOKUP: {
+        const [name] = cstr(b, I, end);
+        return (async () => {
+          const n = await c.lookup(id, name);
+          if (!n) return new Reply(entryOut(0, null, this.entryTimeout, 0));
+          return new Reply(await this.entry(n));
+        })();
+      }
+      case Op.GETATTR: {
+        const flags = b.readUInt32LE(I);
+        void flags;
+        void FUSE_GETATTR_FH;
+        return c.getattr(id).then((s) => new Reply(attrOut(s, this.attrTimeout)));
+      }
+      case Op.SETATTR:
+        return this.setattr(h, b);
+      case Op.READLINK:
+        return c.readlink(id).then((t) => new Reply(Buffer.from(t)));
+      case Op.SYMLINK: {
+        const [name, o] = cstr(b, I, end);
+        const [target] = cstr(b, o, end);
+        return this.created(h, id, () => c.symlink(id, name, target), 0);
+      }
+      case Op.MKNOD: {
+        const mode = b.readUInt32LE(I);
+        const rdev = b.readUInt32LE(I + 4);
+        const [name] = cstr(b, I + 16, end);
+        return this.created(h, id, () => c.mknod(id, name, mode, rdev), mode);
+      }
+      case Op.MKDIR: {
+        const mode = b.readUInt32LE(I);
+        const [name] = cstr(b, I + 8, end);
+        return this.created(h, id, () => c.mkdir(id, name, mode), mode);
+      }
+      case Op.UNLINK: {
+        const [name] = cstr(b, I, end);
+        return c.unlink(id, name).then(() => new Reply(null));
+      }
+      case Op.RMDIR: {
+        const [name] = cstr(b, I, end);
+        return c.rmdir(id, name).then(() => new Reply(null));
+      }
+      case Op.RENAME: {
+        const newdir = u64(b, I);
+        const [from, o] = cstr(b, I + 8, end);
+        const [to] = cstr(b, o, end);
+        return c.rename(id, from, newdir, to, 0).then(() => new Reply(null));
+      }
+      case Op.RENAME2: {
+        const newdir = u64(b, I);
+        const flags = b.readUInt32LE(I + 8);
+        const [from, o] = cstr(b, I + 16, end);
+        const [to] = cstr(b, o, end);
+        return c.rename(id, from, newdir, to, flags).then(() => new Reply(null));
+      }
+      case Op.LINK: {
+        const old = u64(b, I);
+        const [name] = cstr(b, I + 8, end);
+        return (async () => new Reply(await this.entry(await c.link(old, id, name))))();
+      }
+      case Op.OPEN: {
+        const flags = b.readUInt32LE(I);
+        return (async () => {
+          const node = c.node(id);
+          const fh = await c.open(id, flags);
+          // lower files never change: keep the page cache across opens. Upper files: every change goes through
+          // this mount too, but the kernel gets no data cache flag for them (as the brief asks: lower only).
+          return new Reply(openOut(fh, node.upper ? 0 : FOPEN_KEEP_CACHE));
+        })();
+      }
+      case Op.READ: {
+        const fh = u64(b, I);
+        const off = u64(b, I + 8);
+        const size = b.readUInt32LE(I + 16);
+        return (async () => {
+          const out = Buffer.allocUnsafe(size);
+          const got = await c.read(fh, out, size, off);
+          return new Reply(out.subarray(0, got));
+        })();
+      }
+      case Op.WRITE: {
+        const fh = u64(b, I);
+        const off = u64(b, I + 8);
+        const size = b.readUInt32LE(I + 16);
+        const data = b.subarray(I + 40, I + 40 + size);
+        return c.write(fh, data, data.length, off).then((nw) => {
+          const o = Buffer.alloc(8);
+          o.writeUInt32LE(nw, 0);
+          return new Reply(o);
+        });
+      }
+      case Op.STATFS:
+        return c.statfs().then((s) => {
+          const o = Buffer.alloc(80);
+          writeU64(o, s.blocks, 0);
+          writeU64(o, s.bfree, 8);
+          writeU64(o, s.bavail, 16);
+          writeU64(o, s.files, 24);
+          writeU64(o, s.ffree, 32);
+          o.writeUInt32LE(s.bsize, 40);
+          o.writeUInt32LE(s.namemax, 44);
+          o.writeUInt32LE(s.bsize, 48);
+          return new Reply(o);
+        });
+      case Op.RELEASE:
+        return c.release(u64(b, I)).then(() => new Reply(null));
+      case Op.FSYNC:
+        return c.fsync(u64(b, I), (b.readUInt32LE(I + 8) & 1) !== 0).then(() => new Reply(null));
+      case Op.FLUSH:
+        return c.flush(u64(b, I)).then(() => new Reply(null));
+      case Op.SETXATTR: {
+        const size = b.readUInt32LE(I);
+        const flags = b.readUInt32LE(I + 4);
+        const [name, o] = cstr(b, I + 8, end);
+        const value = Buffer.from(b.subarray(o, o + size));
+        return c.setxattr(id, name, value, flags).then(() => new Reply(null));
+      }
+      case Op.GETXATTR: {
+        const size = b.readUInt32LE(I);
+        const [name] = cstr(b, I + 8, end);
+        return c.getxattr(id, name).then((v) => sized(v, size));
+      }
+      case Op.LISTXATTR: {
+        const size = b.readUInt32LE(I);
+        return c.listxattr(id).then((names) => sized(Buffer.from(names.map((x) => x + '\0').join('')), size));
+      }
+      case Op.REMOVEXATTR: {
+        const [name] = cstr(b, I, end);
+        return c.removexattr(id, name).then(() => new Reply(null));
+      }
+      case Op.OPENDIR:
+        return (async () => {
+          const n = c.node(id);
+          if (n.kind !== 'dir') throw fsErr('ENOTDIR');
+          const fh = this.nextDirFh++;
+          this.dirs.set(fh, { id, entries: null, loading: null, parent: n.links[0]?.parent.ino ?? ROOT_ID });
+          return new Reply(openOut(fh, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR));
+        })();
+      case Op.READDIR:
+      case Op.READDIRPLUS:
+        return this.readdir(h.opcode === Op.READDIRPLUS, u64(b, I), u64(b, I + 8), b.readUInt32LE(I + 16));
+      case Op.RELEASEDIR:
+        this.dirs.delete(u64(b, I));
+        return Promise.resolve(new Reply(null));
+      case Op.FSYNCDIR:
+        return Promise.resolve(new Reply(null));
+      case Op.ACCESS:
+        return c.access(id, b.readUInt32LE(I)).then(() => new Reply(null));
+      case Op.CREATE: {
+        const flags = b.readUInt32LE(I);
+        const mode = b.readUInt32LE(I + 4);
+        const [name] = cstr(b, I + 16, end);
+        return (async () => {
+          const { node, fh } = await c.create(id, name, mode, flags);
+          try {
+            await this.own(h, id, node, mode);
+            const e = await this.entry(node);
+            return new Reply([e, openOut(fh, 0)]);
+          } catch (err) {
+            await c.release(fh).catch(() => undefined);
+            throw err;
+          }
+        })();
+      }
+      default:
+        return Promise.reject(fsErr('ENOSYS'));
+    }
+  }
+
+  private init(b: Buffer): Reply {
+    const major = b.readUInt32LE(IN_HEADER);
+    const minor = b.readUInt32LE(IN_HEADER + 4);
+    const maxReadahead = b.readUInt32LE(IN_HEADER + 8);
+    const kflags = b.readUInt32LE(IN_HEADER + 12);
+    if (major !== FUSE_KERNEL_VERSION || minor < 31) {
+      setImmediate(() => this.initFailed(new Error(`fuse: kernel protocol ${major}.${minor} is too old (need 7.31)`)));
+      throw fsErr('EPROTO');
+    }
+    const want =
+      INIT.ASYNC_READ |
+      INIT.ATOMIC_O_TRUNC |
+      INIT.BIG_WRITES |
+      INIT.DO_READDIRPLUS |
+      INIT.READDIRPLUS_AUTO |
+      INIT.ASYNC_DIO |
+      INIT.PARALLEL_DIROPS |
+      INIT.MAX_PAGES |
+      INIT.CACHE_SYMLINKS;
+    const flags = want & kflags;
+    const o = Buffer.alloc(64);
+    o.writeUInt32LE(FUSE_KERNEL_VERSION, 0);
+    o.writeUInt32LE(FUSE_KERNEL_MINOR_VERSION, 4);
+    o.writeUInt32LE(maxReadahead, 8);
+    o.writeUInt32LE(flags >>> 0, 12);
+    o.writeUInt16LE(64, 16); // max_background
+    o.writeUInt16LE(48, 18); // congestion_threshold
+    o.writeUInt32LE(this.maxWrite, 20);
+    o.writeUInt32LE(1, 24); // time_gran: 1 ns
+    o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), 28); // max_pages
+    this.log.debug({ minor, kflags: kflags.toString(16), flags: flags.toString(16) }, 'fuse: init');
+    setImmediate(() => this.initDone());
+    return new Reply(o);
+  }
+
+  /** A new node made for the caller: owned by the caller's uid/gid (gid: the parent's, if it is set-gid). */
+  private async own(h: InHeader, parentId: number, node: Node, mode: number): Promise<void> {
+    if (h.uid === this.myUid && h.gid === this.myGid) return;
+    const parent = await this.core.getattr(parentId);
+    const gid = parent.mode & S_ISGID ? -1 : h.gid;
+    if (h.uid === this.myUid && gid === -1) return;
+    await this.core.chown(node.ino, h.uid, gid);
+    // chown(2) drops set-id bits of non-dirs: put back what the creator asked for
+    if (mode & 0o6000 && (mode & S_IFMT) !== S_IFDIR && node.kind !== 'symlink') await this.core.chmod(node.ino, mode & 0o7777);
+  }
+
+  private async created(h: InHeader, parentId: number, make: () => Promise<Node>, mode: number): Promise<Reply> {
+    const n = await make();
+    await this.own(h, parentId, n, mode);
+    return new Reply(await this.entry(n));
+  }
+
+  private async setattr(h: InHeader, b: Buffer): Promise<Reply> {
+    const c = this.core;
+    const I = IN_HEADER;
+    const id = h.nodeid;
+    const valid = b.readUInt32LE(I);
+    const fh = u64(b, I + 8);
+    const size = u64(b, I + 16);
+    const atime = Number(b.readBigInt64LE(I + 32));
+    const mtime = Number(b.readBigInt64LE(I + 40));
+    const atimens = b.readUInt32LE(I + 56);
+    const mtimens = b.readUInt32LE(I + 60);
+    const mode = b.readUInt32LE(I + 68);
+    const uid = b.readUInt32LE(I + 76);
+    const gid = b.readUInt32LE(I + 80);
+    if (valid & (FATTR.UID | FATTR.GID)) await c.chown(id, valid & FATTR.UID ? uid : -1, valid & FATTR.GID ? gid : -1);
+    if (valid & FATTR.MODE) await c.chmod(id, mode);
+    if (valid & FATTR.SIZE) {
+      if (valid & FATTR.FH) {
+        try {
+          await c.ftruncate(fh, size);
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'EBADF') throw err;
+          await c.truncate(id, size);
+        }
+      } else {
+        await c.truncate(id, size);
+      }
+    }
+    const setA = (valid & (FATTR.ATIME | FATTR.ATIME_NOW)) !== 0;
+    const setM = (valid & (FATTR.MTIME | FATTR.MTIME_NOW)) !== 0;
+    if (setA || setM) {
+      const cur: NodeStat | null = setA && setM ? null : await c.getattr(id);
+      const t = (set: boolean, now: number, sec: number, ns: number, keep: number | undefined): number | null =>
+        !set ? (keep as number) : now ? null : sec * 1000 + ns / 1e6;
+      await c.utimens(
+        id,
+        t(setA, valid & FATTR.ATIME_NOW, atime, atimens, cur?.atimeMs),
+        t(setM, valid & FATTR.MTIME_NOW, mtime, mtimens, cur?.mtimeMs),
+      );
+    }
+    return new Reply(attrOut(await c.getattr(id), this.attrTimeout));
+  }
+
+  private async listing(d: DirHandle): Promise<DirEntry[]> {
+    if (d.entries) return d.entries;
+    d.loading ??= this.core.readdir(d.id);
+    d.entries = await d.loading;
+    return d.entries;
+  }
+
+  /** Entries from `offset` on: offsets 1 and 2 are . and .., then the core's listing (cached for the handle). */
+  private async readdir(plus: boolean, fh: number, offset: number, size: number): Promise<Reply> {
+    const d = this.dirs.get(fh);
+    if (!d) throw fsErr('EBADF');
+    if (offset === 0) d.entries = d.loading = null; // rewinddir: a fresh listing
+    const entries = await this.listing(d);
+    const out = Buffer.allocUnsafe(size);
+    let pos = 0;
+    const total = entries.length + 2;
+    for (let i = offset; i < total; i++) {
+      let name: Buffer;
+      let ino: number;
+      let type: number;
+      let node: DirEntry | null = null;
+      if (i === 0) {
+        name = Buffer.from('.');
+        ino = d.id;
+        type = 4;
+      } else if (i === 1) {
+        name = Buffer.from('..');
+        ino = d.parent;
+        type = 4;
+      } else {
+        node = entries[i - 2];
+        name = Buffer.from(node.name);
+        ino = node.ino;
+        type = dtype(TYPE_MODE[node.kind]);
+      }
+      const need = direntSize(name.length) + (plus ? ENTRY_OUT : 0);
+      if (pos + need > size) break;
+      if (plus) {
+        let st: NodeStat | null = null;
+        if (node) {
+          st = await this.core.getattr(node.ino).catch(() => null);
+          if (st) {
+            type = dtype(st.mode);
+            if (type === 0) type = dtype(TYPE_MODE[node.kind]);
+          }
+        }
+        writeEntry(out, pos, st ? ino : 0, st, this.entryTimeout, this.attrTimeout);
+        if (st) this.ref(ino);
+        pos = writeDirent(out, pos + ENTRY_OUT, ino, i + 1, name, type);
+      } else {
+        if (node && node.kind === 'other') {
+          const st = await this.core.getattr(node.ino).catch(() => null);
+          if (st) type = dtype(st.mode);
+        }
+        pos = writeDirent(out, pos, ino, i + 1, name, type);
+      }
+    }
+    return new Reply(out.subarray(0, pos));
+  }
+}
+
+/** getxattr/listxattr: size 0 asks for the length; a too small buffer is ERANGE. */
+function sized(v: Buffer, size: number): Reply {
+  if (size === 0) {
+    const o = Buffer.alloc(8);
+    o.writeUInt32LE(v.length, 0);
+    return new Reply(o);
+  }
+  if (v.length > size) throw fsErr('ERANGE');
+  return new Reply(v);
+}

@@ -373,6 +373,14 @@ test('restart the snapshotter while containerd runs: snapshots are still listed 
   for (const c of chain) assert.ok(ls.includes(c));
   const out = await ctr(['run', '--snapshotter', 'layerfs', '--rm', IMAGE, `lfs-restart-${process.pid}`, '/bin/cat', '/etc/top']);
   assert.equal(out, 'top layer\n');
+  // the index is a cache: with it deleted, the restarted snapshotter rebuilds the snapshot records from disk
+  await stopSnapshotter();
+  await rm(path.join(root, 'index'), { recursive: true, force: true });
+  await startSnapshotter('overlay');
+  const again = await until('containerd to reconnect after an index rebuild', () => ctr([...S, 'ls'], 10_000));
+  for (const c of chain) assert.ok(again.includes(c), `${c} listed after the rebuild`);
+  const out2 = await ctr(['run', '--snapshotter', 'layerfs', '--rm', IMAGE, `lfs-rebuilt-${process.pid}`, '/bin/cat', '/etc/top']);
+  assert.equal(out2, 'top layer\n');
 });
 
 test('--driver fuse: the snapshotter mounts the FUSE view and hands containerd a bind mount of it', async () => {

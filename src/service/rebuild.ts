@@ -1,5 +1,5 @@
 import { logger } from '../common/log.js';
-import type { Index, IndexedLayer } from '../index/index.js';
+import type { Index, IndexedLayer, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from '../scanner/readiness.js';
 
@@ -90,6 +90,8 @@ export async function rebuildIndex(store: Store, index: Index): Promise<StoreSna
     await store.linkLocal(rec.id, 'image');
     await index.putImage(rec);
   }
+  // containerd snapshot records live as files in the root; the index only caches them
+  for (const rec of await store.listSnapshotRecords<SnapshotRecord>()) await index.putSnapshot(rec);
   for (const id of await store.listLocalLinks('overlay-layers')) if (!snap.layers.has(id)) await store.unlinkLocal(id, 'layer');
   for (const id of await store.listLocalLinks('overlay-images')) if (!snap.images.has(id)) await store.unlinkLocal(id, 'image');
   if (snap.junk.length) logger().warn({ junk: snap.junk }, 'ignored entries that are not layerfs records');

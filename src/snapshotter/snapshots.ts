@@ -23,6 +23,17 @@ import { Service } from '../service/index.js';
 import type { LayerRecord, Role } from '../store/index.js';
 import { matchesAny } from './filters.js';
 
+/** Snapshot records are written through to the local root (the index is only a cache of them). */
+async function saveSnapshot(svc: Service, rec: SnapshotRecord): Promise<void> {
+  await svc.store.writeSnapshotRecord(rec);
+  await svc.index.putSnapshot(rec);
+}
+
+async function dropSnapshot(svc: Service, key: string): Promise<void> {
+  await svc.index.delSnapshot(key);
+  await svc.store.removeSnapshotRecord(key);
+}
+
 export type GrpcCodeName = 'NotFound' | 'AlreadyExists' | 'FailedPrecondition' | 'InvalidArgument' | 'Unavailable' | 'Internal' | 'Unimplemented';
 
 /** An error the gRPC layer returns with the code containerd maps back to its errdefs. */
@@ -284,7 +295,7 @@ export class Snapshotter {
         await this.driver(svc).createRW(id, p?.layer ?? null, { name: `${RW_NAME_PREFIX}${key}` });
         rec.layer = id;
       }
-      await svc.index.putSnapshot(rec);
+      await saveSnapshot(svc, rec);
       try {
         return await this.mountsOf(svc, rec);
       } catch (err) {
@@ -373,8 +384,8 @@ export class Snapshotter {
       await this.commitLayer(svc, rw, id);
       await this.driver(svc).remove(rw.id);
       const now = new Date().toISOString();
-      await svc.index.delSnapshot(key);
-      await svc.index.putSnapshot({ key: name, kind: 'committed', parent: a.parent, labels: { ...a.labels, ...labels }, created: now, updated: now, layer: id });
+      await dropSnapshot(svc, key);
+      await saveSnapshot(svc, { key: name, kind: 'committed', parent: a.parent, labels: { ...a.labels, ...labels }, created: now, updated: now, layer: id });
     });
   }
 
@@ -436,7 +447,7 @@ export class Snapshotter {
   private async removeRecord(svc: Service, rec: SnapshotRecord): Promise<void> {
     await this.unmountOwn(svc, rec);
     if (rec.kind === 'active' && rec.layer && (await svc.index.getLayer(rec.layer))) await this.driver(svc).remove(rec.layer);
-    await svc.index.delSnapshot(rec.key);
+    await dropSnapshot(svc, rec.key);
     if (rec.kind === 'committed' && rec.layer) await this.dropLayerIfUnused(svc, rec.layer);
   }
 
@@ -477,7 +488,7 @@ export class Snapshotter {
       for (const k of Object.keys(labels)) if (labels[k] === '') delete labels[k];
       rec.labels = labels;
       rec.updated = new Date().toISOString();
-      await svc.index.putSnapshot(rec);
+      await saveSnapshot(svc, rec);
       return toInfo(rec);
     });
   }

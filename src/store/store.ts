@@ -1,5 +1,5 @@
 import { mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile, lstat, stat, open, utimes } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
@@ -367,6 +367,35 @@ export class Store {
     await rename(dir, aside);
     if (removeDir) await removeDir(aside);
     await rm(aside, { recursive: true, force: true });
+  }
+
+  // ---- containerd snapshot records (local root; the index caches them) ---------------------------
+  private snapshotFile(key: string): string {
+    return path.join(this.root, 'snapshots', `${createHash('sha256').update(key).digest('hex')}.json`);
+  }
+
+  /** Persist a snapshot record (atomically), so an index rebuild can restore it. */
+  async writeSnapshotRecord(rec: { key: string }): Promise<void> {
+    await mkdir(path.join(this.root, 'snapshots'), { recursive: true });
+    await writeFileAtomic(this.snapshotFile(rec.key), JSON.stringify(rec));
+  }
+
+  async removeSnapshotRecord(key: string): Promise<void> {
+    await rm(this.snapshotFile(key), { force: true });
+  }
+
+  async listSnapshotRecords<T>(): Promise<T[]> {
+    const dir = path.join(this.root, 'snapshots');
+    const out: T[] = [];
+    for (const n of await readdir(dir).catch(() => [] as string[])) {
+      if (!n.endsWith('.json') || n.startsWith(TMP_PREFIX)) continue;
+      try {
+        out.push(JSON.parse(await readFile(path.join(dir, n), 'utf8')) as T);
+      } catch {
+        logger().warn({ file: path.join(dir, n) }, 'ignoring an unreadable snapshot record');
+      }
+    }
+    return out;
   }
 
   // ---- listing (used by index rebuild and the scanner) -------------------------------------------

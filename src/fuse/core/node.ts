@@ -40,6 +40,9 @@ export class Node {
   removed = false;
   /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink. */
   nlinkDelta = 0;
+  /** Not copied up: the lower entry's stat, read at lookup. Lower layers do not change while mounted, so getattr
+   *  answers from it without a syscall (atime aside) until the copy-up, after which the upper copy is stat'ed. */
+  lowerStat: Stats | null = null;
   /** Identity keys in the overlay's key map (lower and/or upper dev:ino). */
   keys: string[] = [];
 

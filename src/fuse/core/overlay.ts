@@ -260,6 +260,7 @@ export class Overlay implements CopyUpHost {
     if (kind === 'dir') {
       const n = this.newNode('dir', r.upper, r.st, r.lowerLayer, real);
       n.lowerDirs = r.lowerDirs;
+      if (!r.upper) n.lowerStat = r.st;
       n.links = [{ parent: p, name }];
       return n;
     }
@@ -272,6 +273,7 @@ export class Overlay implements CopyUpHost {
     }
     const n = this.newNode(kind, r.upper, r.st, r.lowerLayer, real);
     n.lowerPath = r.lowerPath;
+    if (!r.upper) n.lowerStat = r.st;
     n.lowerLayer = r.lowerLayer;
     n.links = [{ parent: p, name }];
     this.setKey(n, key);
@@ -332,6 +334,7 @@ export class Overlay implements CopyUpHost {
       for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, await h.fd.stat());
       throw fsErr('ENOENT');
     }
+    if (!n.upper && n.lowerStat) return this.statOf(n, n.lowerStat);
     return this.statOf(n, await lstat(this.realPath(n)));
   }
 

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Benchmark of the FUSE overlay driver: kernel overlay vs fuse-overlayfs vs layerfs (one column per layerfs
+# transport), same dataset, same run.
+#
+# usage: scripts/bench-fuse.sh [reps]           (default 3; medians of the reps are printed)
+# env:   LAYERFS_TRANSPORTS="fuse-native direct"  one layerfs column per transport (`layerfs fuse --transport T`;
+#                                                 while the CLI lacks --transport only fuse-native runs)
+#        BENCH_ONLY="kernel fuse-overlayfs layerfs-fuse-native"  restrict the columns
+#        BENCH_ROWS="walk readall ..."            restrict the rows (names as printed)
+#        BENCH_KEEP=1                             keep the dataset in /var/tmp/layerfs-bench-fuse for the next run
+#        LAYERFS_CLI=path/to/main.js              another build of the CLI (default dist/src/cli/main.js)
+# Needs root, a prior `npm run build`, fuse-overlayfs; uses fio for random reads when installed.
+#
+# Dataset (/var/tmp/layerfs-bench-fuse): a copy of /usr capped at 40k entries (files up to 2 MB) as the base
+# layer; a layer of changes (whiteouts, modified files, opaque dirs); a layer of 10k small files; a 1 GiB file
+# layer; a 100-layer stack for deep lookups; a tar of 20k small files to extract into the mount.
+# "cold" = caches dropped and a fresh mount; "warm" = the same step again on that mount.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+reps=${1:-3}
+D=/var/tmp/layerfs-bench-fuse
+cli=${LAYERFS_CLI:-$repo/dist/src/cli/main.js}
+helper=$repo/dist/scripts/bench-fuse-ops.js
+[ "$(id -u)" = 0 ] || { echo "bench-fuse: run as root" >&2; exit 1; }
+[ -f "$cli" ] && [ -f "$helper" ] || { echo "bench-fuse: run npm run build first" >&2; exit 1; }
+command -v fuse-overlayfs >/dev/null || { echo "bench-fuse: fuse-overlayfs missing (apt-get install fuse-overlayfs)" >&2; exit 1; }
+have_fio=0; command -v fio >/dev/null && have_fio=1
+
+# ---- columns ------------------------------------------------------------------------------------------------
+transports=${LAYERFS_TRANSPORTS:-fuse-native}
+has_transport_flag=0
+node "$cli" fuse --help 2>/dev/null | grep -q -- '--transport' && has_transport_flag=1
+cols="kernel fuse-overlayfs"
+for t in $transports; do
+  if [ "$t" != fuse-native ] && [ $has_transport_flag = 0 ]; then
+    echo "note: layerfs fuse has no --transport yet: skipping transport $t" >&2
+    continue
+  fi
+  cols="$cols layerfs-$t"
+done
+[ -n "${BENCH_ONLY:-}" ] && cols=$BENCH_ONLY
+rows_wanted=${BENCH_ROWS:-}
+want() { [ -z "$rows_wanted" ] || [[ " $rows_wanted " == *" $1 "* ]]; }
+
+mnt=$D/mnt
+cleanup() {
+  set +e
+  for m in "$mnt" "$D"/mnt*; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$D"
+  rm -rf "$D/run"
+}
+trap cleanup EXIT INT TERM
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# ---- dataset ------------------------------------------------------------------------------------------------
+build_dataset() {
+  rm -rf "$D"; mkdir -p "$D"/{base,changes,small,big,deep,src20k}
+  echo "dataset: base = /usr, at most 40000 entries, files <= 2 MB" >&2
+  (cd / && find usr -xdev \( -type d -o -size -2049k \) 2>/dev/null | head -n 40000 >"$D/base.list") || true
+  tar -C / --no-recursion --xattrs -cf - -T "$D/base.list" 2>/dev/null | tar -C "$D/base" --xattrs -xpf - || true # files that vanish or are unreadable are left out
+  # changes: every 23rd file whited out, every 29th rewritten, 5 opaque dirs with 2 new files, 50 new files
+  local i=0
+  (cd "$D/base" && find usr -type f | sort) >"$D/base.files"
+  while IFS= read -r f; do
+    i=$((i + 1))
+    if ((i % 23 == 0)); then
+      mkdir -p "$D/changes/$(dirname "$f")"; mknod "$D/changes/$f" c 0 0
+    elif ((i % 29 == 0)); then
+      mkdir -p "$D/changes/$(dirname "$f")"; echo "changed $i" >"$D/changes/$f"
+    fi
+  done <"$D/base.files"
+  (cd "$D/base" && find usr -mindepth 2 -maxdepth 3 -type d | sort | awk 'NR % 37 == 0' | head -n 5) | while IFS= read -r d; do
+    mkdir -p "$D/changes/$d"; setfattr -n trusted.overlay.opaque -v y "$D/changes/$d"
+    echo one >"$D/changes/$d/opq-1"; echo two >"$D/changes/$d/opq-2"
+  done
+  mkdir -p "$D/changes/usr/new"; for i in $(seq 1 50); do echo "new $i" >"$D/changes/usr/new/n$i"; done
+  # small: 100 dirs x 100 files, 1-4 KiB
+  node -e '
+    const fs = require("fs"), path = require("path"); const root = process.argv[1]; const n = Number(process.argv[2]);
+    for (let d = 0; d < 100; d++) { const dir = path.join(root, "d" + d); fs.mkdirSync(dir, { recursive: true });
+      for (let i = 0; i < n / 100; i++) fs.writeFileSync(path.join(dir, "f" + i), Buffer.alloc(1024 + ((d * 131 + i * 17) % 3072), 97 + (i % 26))); }
+  ' "$D/small/smallfiles" 10000
+  node -e '
+    const fs = require("fs"), path = require("path"); const root = process.argv[1];
+    for (let d = 0; d < 200; d++) { const dir = path.join(root, "t" + d); fs.mkdirSync(dir, { recursive: true });
+      for (let i = 0; i < 100; i++) fs.writeFileSync(path.join(dir, "x" + i), Buffer.alloc(512 + ((d * 7 + i * 13) % 1536), 65 + (i % 26))); }
+  ' "$D/src20k/tree"
+  tar -C "$D/src20k" -cf "$D/20k.tar" tree; rm -rf "$D/src20k"
+  head -c 1G /dev/urandom >"$D/big/big"
+  # deep: 100 layers (l00 = top); every layer adds a/b/c/f<L> and a/x<L>; the bottom one holds 2000 files in a/b/c
+  for l in $(seq -w 0 99); do
+    mkdir -p "$D/deep/l$l/a/b/c"; echo "$l" >"$D/deep/l$l/a/b/c/f$l"; echo "$l" >"$D/deep/l$l/a/x$l"
+  done
+  node -e '
+    const fs = require("fs"); const d = process.argv[1]; const out = [];
+    for (let i = 0; i < 2000; i++) { fs.writeFileSync(`${d}/l99/a/b/c/bottom${i}`, String(i)); out.push(`a/b/c/bottom${i}`); }
+    fs.writeFileSync(process.argv[2], out.join("\n") + "\n");
+  ' "$D/deep" "$D/deep.list"
+  echo "ok" >"$D/.complete"
+}
+if [ -n "${BENCH_KEEP:-}" ] && [ -f "$D/.complete" ]; then echo "dataset: reusing $D" >&2; else build_dataset; fi
+base_entries=$(wc -l <"$D/base.list"); base_mb=$(du -sm "$D/base" | cut -f1)
+echo "dataset: base $base_entries entries ${base_mb} MB; changes $(find "$D/changes" | wc -l) entries; small 10000 files; big 1 GiB; deep 100 layers" >&2
+deep_lowers=$(for l in $(seq -w 0 99); do printf 'l%s:' "$l"; done); deep_lowers=${deep_lowers%:}
+
+# ---- mounting -----------------------------------------------------------------------------------------------
+# mount_fs WHO STACK [rw]: a fresh mount at $mnt of STACK (main|big|deep) with a fresh upper
+srv_pid=""
+peak_rss=0
+mount_fs() {
+  local who=$1 stack=$2 lowers cwd=$D
+  case $stack in
+    main) lowers=changes:small:base ;;
+    big) lowers=big ;;
+    deep) lowers=$deep_lowers; cwd=$D/deep ;;
+  esac
+  rm -rf "$D/run"; mkdir -p "$D/run/upper" "$D/run/work" "$mnt"
+  local o="lowerdir=$lowers,upperdir=$D/run/upper,workdir=$D/run/work"
+  srv_pid=""
+  case $who in
+    kernel) (cd "$cwd" && mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$mnt") ;;
+    fuse-overlayfs) (cd "$cwd" && fuse-overlayfs -o "$o" "$mnt") ;;
+    layerfs-*)
+      local t=${who#layerfs-} flag=()
+      [ $has_transport_flag = 1 ] && flag=(--transport "$t")
+      (cd "$cwd" && node "$cli" fuse "${flag[@]}" -o "$o" "$mnt")
+      srv_pid=$(pgrep -f -- "server-main.js .*$mnt\$" | head -n 1 || true)
+      ;;
+  esac
+}
+unmount_fs() {
+  if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
+    local kb; kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$srv_pid/status")
+    ((kb > peak_rss)) && peak_rss=$kb
+  fi
+  umount "$mnt" 2>/dev/null || umount -l "$mnt"
+  if [ -n "$srv_pid" ]; then for _ in $(seq 1 100); do kill -0 "$srv_pid" 2>/dev/null || break; sleep 0.05; done; fi
+  for _ in $(seq 1 100); do pgrep -f "fuse-overlayfs .*$mnt\$" >/dev/null || break; sleep 0.05; done
+}
+
+results=$D/results.txt
+: >"$results"
+record() { echo "$1 $2 $3" >>"$results"; printf '  %-16s %-22s %8.3fs\n' "$1" "$2" "$3" >&2; }
+
+# ---- steps --------------------------------------------------------------------------------------------------
+step_walk() { local t; t=$(now); find "$mnt" -printf '%i %s\n' >/dev/null; elapsed "$t"; }
+step_readall() { local t; t=$(now); (cd "$mnt" && tar cf - . | wc -c >/dev/null); elapsed "$t"; }
+step_seqread() { local t; t=$(now); dd if="$mnt/big" of=/dev/null bs=1M status=none; elapsed "$t"; }
+step_randread() {
+  local t; t=$(now)
+  if [ $have_fio = 1 ]; then
+    fio --name=r --filename="$mnt/big" --rw=randread --bs=4k --io_size=80m --ioengine=psync --randseed=7 --invalidate=0 --output=/dev/null >/dev/null
+  else
+    node "$helper" randread "$mnt/big" 20480 >/dev/null
+  fi
+  elapsed "$t"
+}
+step_copyup() { local t; t=$(now); printf x >>"$mnt/big"; elapsed "$t"; }
+step_tar20k() { local t; t=$(now); mkdir "$mnt/x20k"; tar -C "$mnt/x20k" -xf "$D/20k.tar"; elapsed "$t"; }
+
+for r in $(seq 1 "$reps"); do
+  for who in $cols; do
+    echo "rep $r: $who" >&2
+    if want walk; then
+      drop; mount_fs "$who" main
+      record walk-cold "$who" "$(step_walk)"; record walk-warm "$who" "$(step_walk)"
+      unmount_fs
+    fi
+    if want readall; then
+      drop; mount_fs "$who" main
+      record readall-cold "$who" "$(step_readall)"; record readall-warm "$who" "$(step_readall)"
+      unmount_fs
+    fi
+    if want ops; then
+      mount_fs "$who" main
+      json=$(node "$helper" ops "$mnt/bench-ops" 10000)
+      for k in create stat rename delete; do
+        record "ops10k-$k" "$who" "$(node -e 'console.log(JSON.parse(process.argv[1])[process.argv[2]])' "$json" "$k")"
+      done
+      record tar20k-extract "$who" "$(step_tar20k)"
+      unmount_fs
+    fi
+    if want seqread; then
+      drop; mount_fs "$who" big
+      record seqread-cold "$who" "$(step_seqread)"; record seqread-warm "$who" "$(step_seqread)"
+      unmount_fs
+    fi
+    if want randread; then
+      drop; mount_fs "$who" big
+      record rand4k-cold "$who" "$(step_randread)"; record rand4k-warm "$who" "$(step_randread)"
+      unmount_fs
+    fi
+    if want copyup; then
+      drop; mount_fs "$who" big
+      record copyup-1g "$who" "$(step_copyup)"
+      unmount_fs
+    fi
+    if want deep; then
+      drop; mount_fs "$who" deep
+      json=$(cd "$mnt" && node "$helper" lookups "$mnt" "$D/deep.list")
+      record deep-cold "$who" "$(node -e 'console.log(JSON.parse(process.argv[1]).total)' "$json")"
+      json=$(cd "$mnt" && node "$helper" lookups "$mnt" "$D/deep.list")
+      record deep-warm "$who" "$(node -e 'console.log(JSON.parse(process.argv[1]).total)' "$json")"
+      unmount_fs
+    fi
+  done
+done
+
+# ---- table --------------------------------------------------------------------------------------------------
+echo
+echo "medians of $reps (seconds); ratio = layerfs / other (lower is better for layerfs)"
+node -e '
+  const fs = require("fs"); const cols = process.argv[2].split(" ");
+  const by = new Map();
+  for (const line of fs.readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean)) {
+    const [row, who, v] = line.split(" "); const k = row + " " + who;
+    if (!by.has(k)) by.set(k, []); by.get(k).push(Number(v));
+  }
+  const med = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor((s.length - 1) / 2)]; };
+  const rows = [...new Set([...by.keys()].map((k) => k.split(" ")[0]))];
+  const lfs = cols.filter((c) => c.startsWith("layerfs"));
+  const others = cols.filter((c) => !c.startsWith("layerfs"));
+  const hdr = ["row", ...cols, ...lfs.flatMap((l) => others.map((o) => `${l.replace("layerfs-", "")}/${o === "fuse-overlayfs" ? "fovl" : o}`))];
+  const table = [hdr];
+  for (const row of rows) {
+    const m = Object.fromEntries(cols.map((c) => [c, by.has(row + " " + c) ? med(by.get(row + " " + c)) : NaN]));
+    table.push([row, ...cols.map((c) => m[c].toFixed(3)), ...lfs.flatMap((l) => others.map((o) => (m[l] / m[o]).toFixed(2) + "x"))]);
+  }
+  const w = hdr.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
+  for (const r of table) console.log(r.map((c, i) => (i === 0 ? String(c).padEnd(w[i]) : String(c).padStart(w[i]))).join("  "));
+' "$results" "$cols"
+echo "layerfs server peak RSS (VmHWM, max over all mounts): $((peak_rss / 1024)) MiB"

@@ -62,15 +62,15 @@ for r in $(seq 1 "$rounds"); do
     best[$who]=$(awk -v a="${best[$who]}" -v b="$el" 'BEGIN { print (b < a) ? b : a }')
     best_sync[$who]=$(awk -v a="${best_sync[$who]}" -v b="$els" 'BEGIN { print (b < a) ? b : a }')
   done
-  # sanity: both trees hold the same files (names + sizes)
+  # sanity: both trees hold the same files (names, types, sizes except of dirs (fs-specific), modes, owners)
   if [ "$r" = 1 ]; then
-    (cd "$scratch/out-tar" && find . -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/tar.lst"
-    (cd "$scratch/out-layerfs" && find . -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/lfs.lst"
+    (cd "$scratch/out-tar" && find . \( -type d -printf '%P %y - %m %U %G\n' \) -o -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/tar.lst"
+    (cd "$scratch/out-layerfs" && find . \( -type d -printf '%P %y - %m %U %G\n' \) -o -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/lfs.lst"
     if ! cmp -s "$scratch/tar.lst" "$scratch/lfs.lst"; then
-      echo "bench: WARNING: trees differ:"; diff "$scratch/tar.lst" "$scratch/lfs.lst" | head -20
+      echo "bench: WARNING: trees differ:"; { diff "$scratch/tar.lst" "$scratch/lfs.lst" || true; } | head -20
     fi
     if [ -n "${BENCH_OTHER:-}" ]; then
-      (cd "$scratch/out-other" && find . -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/other.lst"
+      (cd "$scratch/out-other" && find . \( -type d -printf '%P %y - %m %U %G\n' \) -o -printf '%P %y %s %m %U %G\n' | sort) >"$scratch/other.lst"
       cmp -s "$scratch/tar.lst" "$scratch/other.lst" || echo "bench: WARNING: tar and other trees differ"
       [ "$(grep -o '"diffDigest":"[^"]*"' "$scratch/lfs.json")" = "$(grep -o '"diffDigest":"[^"]*"' "$scratch/other.json")" ] ||
         echo "bench: WARNING: layerfs and other report different diff digests"

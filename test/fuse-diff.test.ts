@@ -19,7 +19,7 @@ import { constants as fsc } from 'node:fs';
 import { open, truncate, rename, unlink, mkdir, rmdir, symlink, link, chmod, lchown, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../src/common/native.js';
-import { buildLowers, cleanup, diffSnapshots, mountFuse, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
+import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
 
 const OPS = Number(process.env.LAYERFS_FUZZ_OPS ?? 2000);
 const SNAP_EVERY = 50;
@@ -132,56 +132,58 @@ after(async () => {
   for (const m of live.reverse()) await m.stop().catch(() => undefined);
 });
 
-test('differential: random ops on kernel overlay vs layerfs FUSE', { timeout: 200_000 }, async () => {
-  const seed = Number(process.env.LAYERFS_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
-  const dir = await tmpDir('fuzz');
-  const mounts = live;
-  let step = -1;
-  let last = '';
-  try {
-    const lowers = await buildLowers(path.join(dir, 'lowers'), 'kernel');
-    for (const d of ['uk', 'wk', 'uf', 'wf']) await mkdir(path.join(dir, d));
-    const k = await mountKernel(lowers, path.join(dir, 'mk'), path.join(dir, 'uk'), path.join(dir, 'wk'));
-    mounts.push(k);
-    const f = await mountFuse(lowers, path.join(dir, 'mf'), path.join(dir, 'uf'), path.join(dir, 'wf'));
-    mounts.push(f);
-    const r = rng(seed);
-    console.log(`# seed ${seed}`);
-    let known = [...(await snapshot(k.mnt)).keys()].filter((p) => p !== '.');
-    const opts = { fileNlink: true, dirNlink: false };
-    let skipped = 0;
-    for (step = 0; step < OPS; step++) {
-      const op = makeOp(r, known);
-      last = `${op.name}(${op.args.join(', ')})`;
-      const rk = await outcome(op, k.mnt);
-      if (rk === 'EXDEV' && op.name === 'rename') {
-        skipped++; // lower dir rename: known difference (see the header)
-        continue;
+for (const transport of FUSE_TRANSPORTS) {
+  test(`differential: random ops on kernel overlay vs layerfs FUSE (${transport})`, { timeout: 200_000 }, async () => {
+    const seed = Number(process.env.LAYERFS_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
+    const dir = await tmpDir('fuzz');
+    const mounts = live;
+    let step = -1;
+    let last = '';
+    try {
+      const lowers = await buildLowers(path.join(dir, 'lowers'), 'kernel');
+      for (const d of ['uk', 'wk', 'uf', 'wf']) await mkdir(path.join(dir, d));
+      const k = await mountKernel(lowers, path.join(dir, 'mk'), path.join(dir, 'uk'), path.join(dir, 'wk'));
+      mounts.push(k);
+      const f = await mountFuse(lowers, path.join(dir, 'mf'), path.join(dir, 'uf'), path.join(dir, 'wf'), transport);
+      mounts.push(f);
+      const r = rng(seed);
+      console.log(`# seed ${seed}`);
+      let known = [...(await snapshot(k.mnt)).keys()].filter((p) => p !== '.');
+      const opts = { fileNlink: true, dirNlink: false };
+      let skipped = 0;
+      for (step = 0; step < OPS; step++) {
+        const op = makeOp(r, known);
+        last = `${op.name}(${op.args.join(', ')})`;
+        const rk = await outcome(op, k.mnt);
+        if (rk === 'EXDEV' && op.name === 'rename') {
+          skipped++; // lower dir rename: known difference (see the header)
+          continue;
+        }
+        if (process.env.LAYERFS_FUZZ_TRACE) console.log(`# ${step} ${last} ...`);
+        const rf = await outcome(op, f.mnt);
+        if (process.env.LAYERFS_FUZZ_TRACE) console.log(`# ${step} ${last} -> ${rk}/${rf}`);
+        assert.equal(rf, rk, `seed ${seed} step ${step} ${last}: fuse=${rf} kernel=${rk}`);
+        if (step % SNAP_EVERY === SNAP_EVERY - 1 || step === OPS - 1) {
+          const [sk, sf] = [await snapshot(k.mnt, opts), await snapshot(f.mnt, opts)];
+          const d = diffSnapshots(sk, sf, 'kernel', 'fuse');
+          assert.deepEqual(d.slice(0, 10), [], `seed ${seed} step ${step} after ${last}: trees differ`);
+          known = [...sk.keys()].filter((p) => p !== '.');
+        }
       }
-      if (process.env.LAYERFS_FUZZ_TRACE) console.log(`# ${step} ${last} ...`);
-      const rf = await outcome(op, f.mnt);
-      if (process.env.LAYERFS_FUZZ_TRACE) console.log(`# ${step} ${last} -> ${rk}/${rf}`);
-      assert.equal(rf, rk, `seed ${seed} step ${step} ${last}: fuse=${rf} kernel=${rk}`);
-      if (step % SNAP_EVERY === SNAP_EVERY - 1 || step === OPS - 1) {
-        const [sk, sf] = [await snapshot(k.mnt, opts), await snapshot(f.mnt, opts)];
-        const d = diffSnapshots(sk, sf, 'kernel', 'fuse');
-        assert.deepEqual(d.slice(0, 10), [], `seed ${seed} step ${step} after ${last}: trees differ`);
-        known = [...sk.keys()].filter((p) => p !== '.');
-      }
+      const final = await snapshot(f.mnt, opts);
+      await f.stop();
+      // the FUSE upper, read by the kernel, is the same tree
+      const k2 = await mountKernel(lowers, path.join(dir, 'mk2'), path.join(dir, 'uf'), path.join(dir, 'wf'));
+      mounts.push(k2);
+      const d = diffSnapshots(final, await snapshot(k2.mnt, opts), 'fuse', 'kernel-on-fuse-upper');
+      assert.deepEqual(d.slice(0, 10), [], `seed ${seed}: kernel view of the FUSE upper differs`);
+      console.log(`# seed ${seed}: ${OPS} ops, ${skipped} lower-dir renames skipped`);
+    } catch (err) {
+      console.log(`# differential test failed: seed ${seed}, step ${step}, op ${last}`);
+      throw err;
+    } finally {
+      for (const m of mounts.reverse()) await m.stop().catch(() => undefined);
+      await cleanup(dir);
     }
-    const final = await snapshot(f.mnt, opts);
-    await f.stop();
-    // the FUSE upper, read by the kernel, is the same tree
-    const k2 = await mountKernel(lowers, path.join(dir, 'mk2'), path.join(dir, 'uf'), path.join(dir, 'wf'));
-    mounts.push(k2);
-    const d = diffSnapshots(final, await snapshot(k2.mnt, opts), 'fuse', 'kernel-on-fuse-upper');
-    assert.deepEqual(d.slice(0, 10), [], `seed ${seed}: kernel view of the FUSE upper differs`);
-    console.log(`# seed ${seed}: ${OPS} ops, ${skipped} lower-dir renames skipped`);
-  } catch (err) {
-    console.log(`# differential test failed: seed ${seed}, step ${step}, op ${last}`);
-    throw err;
-  } finally {
-    for (const m of mounts.reverse()) await m.stop().catch(() => undefined);
-    await cleanup(dir);
-  }
-});
+  });
+}

@@ -5,6 +5,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { cliOk } from './lib/cli.js';
+import { FUSE_TRANSPORTS } from './lib/fuse.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
 import { forceUnmount, run } from './lib/mounts.js';
 
@@ -42,20 +43,22 @@ after(async () => {
   await rm(scratch, { recursive: true, force: true });
 });
 
-for (const driver of ['overlay', 'fuse'] as const) {
-  test(`runc runs a container on a ${driver} mount; its write lands in the RW layer`, async () => {
-    const bundle = path.join(scratch, `bundle-${driver}`);
+const RUNC_CASES: { driver: 'overlay' | 'fuse'; transport?: string }[] = [{ driver: 'overlay' }, ...FUSE_TRANSPORTS.map((transport) => ({ driver: 'fuse' as const, transport }))];
+for (const { driver, transport } of RUNC_CASES) {
+  const tag = transport ? `${driver}-${transport}` : driver;
+  test(`runc runs a container on a ${driver} mount${transport ? ` (${transport})` : ''}; its write lands in the RW layer`, async () => {
+    const bundle = path.join(scratch, `bundle-${tag}`);
     const rootfs = path.join(bundle, 'rootfs');
     await mkdir(bundle, { recursive: true });
     mounts.push(rootfs);
-    const id = (await cliOk(['mount', 'runc/busybox', rootfs, '--driver', driver], env)).trim();
+    const id = (await cliOk(['mount', 'runc/busybox', rootfs, '--driver', driver, ...(transport ? ['--transport', transport] : [])], env)).trim();
     await run('runc', ['spec'], { cwd: bundle });
     const spec = JSON.parse(await readFile(path.join(bundle, 'config.json'), 'utf8'));
     spec.process.terminal = false;
     spec.process.args = ['/bin/sh', '-c', 'cat /etc/hello /etc/top && echo written-by-container > /written'];
     spec.root = { path: 'rootfs', readonly: false };
     await writeFile(path.join(bundle, 'config.json'), JSON.stringify(spec));
-    const name = `layerfs-test-${driver}-${process.pid}`;
+    const name = `layerfs-test-${tag}-${process.pid}`;
     containers.push(name);
     const out = await run('runc', ['--root', path.join(scratch, 'runc'), 'run', '--bundle', bundle, name], { timeout: 60_000 });
     assert.equal(out.stdout, 'hello from the bottom layer\ntop layer\n');

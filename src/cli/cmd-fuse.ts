@@ -8,6 +8,7 @@ interface FuseArgs {
   o?: string | string[];
   f?: boolean;
   d?: boolean;
+  transport?: string;
 }
 
 /**
@@ -23,9 +24,11 @@ export const fuseCommand: CommandModule<object, FuseArgs> = {
       .positional('mountpoint', { type: 'string', demandOption: true, describe: 'where to mount' })
       .option('o', { type: 'string', nargs: 1, describe: 'lowerdir=A:B (top first),upperdir=U,workdir=W[,...]' })
       .option('f', { type: 'boolean', default: false, describe: 'stay in the foreground' })
-      .option('d', { type: 'boolean', default: false, describe: 'debug: foreground with libfuse tracing' }) as never,
+      .option('d', { type: 'boolean', default: false, describe: 'debug: foreground with libfuse tracing' })
+      .option('transport', { choices: ['direct', 'fuse-native'], describe: '/dev/fuse spoken directly (default as root) or libfuse 2 (fuse-native); also -o transport=' }) as never,
   handler: async (argv) => {
     const opts = ([] as string[]).concat(argv.o ?? []);
+    if (argv.transport) opts.push(`transport=${argv.transport}`);
     parseMountOptions(opts, argv.mountpoint); // usage errors before anything starts
     const args = [...opts.flatMap((o) => ['-o', o]), ...(argv.d ? ['-d'] : []), argv.mountpoint];
     if (argv.f || argv.d) {

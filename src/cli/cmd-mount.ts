@@ -17,7 +17,7 @@ function size(s: string | undefined): number | undefined {
   }
 }
 
-export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string }>> = {
+export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string; transport?: string }>> = {
   command: 'mount <ref> <mnt>',
   describe: 'create an RW layer on top of image REF and mount the merged tree at MNT; prints the RW layer id',
   builder: (y) =>
@@ -27,9 +27,11 @@ export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: strin
       .option('driver', { choices: DRIVERS, default: 'auto' as DriverName, describe: 'overlay (kernel), fuse (userspace), auto' })
       .option('ro', { type: 'boolean', default: false, describe: 'a read-only merged view, no RW layer' })
       .option('quota', { type: 'string', describe: 'limit the RW layer, e.g. 10m' })
-      .option('name', { type: 'string', describe: 'a name for the RW layer' }) as unknown as Argv<A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string }>>,
+      .option('name', { type: 'string', describe: 'a name for the RW layer' })
+      .option('transport', { choices: ['direct', 'fuse-native'], describe: 'FUSE driver: /dev/fuse spoken directly (default as root) or libfuse 2' }) as unknown as Argv<A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string; transport?: string }>>,
   handler: async (args) => {
     const quota = size(args.quota);
+    if (args.transport) process.env.LAYERFS_FUSE_TRANSPORT = args.transport; // read by the FUSE driver (defaultTransport)
     const res = await withService(args, (svc) =>
       svc.mountImage(args.ref, args.mnt, { driver: args.driver, ro: args.ro, ...(quota !== undefined ? { quota } : {}), ...(args.name ? { name: args.name } : {}) }),
     );

@@ -63,6 +63,17 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
     await t.mount();
     requests = () => t.stats.requests;
+    // SIGUSR2: append what the kernel holds (lookup counts) and our RSS to LAYERFS_FUSE_STATS (tests, benchmarks)
+    process.on('SIGUSR2', () => {
+      const file = process.env.LAYERFS_FUSE_STATS;
+      if (!file) return;
+      const m = process.memoryUsage();
+      try {
+        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: t.stats.requests, interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), coreNodes: (core as unknown as { nodes?: Map<number, unknown> }).nodes?.size ?? null, rss: m.rss, heapUsed: m.heapUsed }) + '\n');
+      } catch {
+        // best effort
+      }
+    });
     // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
     void t.ended.then((why) => end(why));
   } else {

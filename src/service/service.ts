@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { driverFor, selectDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
+import { driverFor, selectDriver, type FuseDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
 import { moveNames, sha256Digest } from '../image/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer } from '../index/index.js';
@@ -202,6 +202,7 @@ export class Service {
    */
   async mountImage(ref: string, target: string, opts: { driver?: DriverName; ro?: boolean; quota?: number; name?: string } = {}): Promise<{ layer: string; mountpoint: string; driver: string }> {
     const img = await this.resolveImage(ref);
+    await this.cleanStaleMounts();
     const d = await this.driver(opts.driver);
     if (opts.ro) {
       if (opts.quota !== undefined) throw new LayerfsError('EQUOTA', `image ${ref}`, 'a read-only mount takes no quota (RO layers never do)');
@@ -310,7 +311,17 @@ export class Service {
     });
   }
 
+  /** FUSE mounts of ours whose server died (kill -9): unmounted, records dropped. Run at start of mount/status. */
+  async cleanStaleMounts(): Promise<string[]> {
+    try {
+      return await (driverFor('fuse', this.store, this.index) as FuseDriver).cleanStale();
+    } catch {
+      return [];
+    }
+  }
+
   async status(): Promise<Record<string, unknown>> {
+    const staleMountsRemoved = await this.cleanStaleMounts();
     const layers = await this.index.listLayers();
     const out: Record<string, unknown> = {
       root: this.store.root,
@@ -321,6 +332,7 @@ export class Service {
       rwLayers: layers.filter((l) => l.rw).length,
       mounts: (await this.index.listMounts()).length,
       missingLayers: layers.filter((l) => l.missing).map((l) => l.id),
+      ...(staleMountsRemoved.length ? { staleMountsRemoved } : {}),
     };
     try {
       out.defaultDriver = (await selectDriver('auto', this.store, this.index)).name;

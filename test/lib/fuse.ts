@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readdir, readFile, readlink, lstat, rm, writeFile, syml
 import os from 'node:os';
 import path from 'node:path';
 import { mkWhiteout, native } from '../../src/common/native.js';
-import { startFuseMount, stopFuseMount, isMounted } from '../../src/fuse/index.js';
+import { startFuseMount, stopFuseMount, isMounted, type Transport } from '../../src/fuse/index.js';
 import { forceUnmount, run } from './mounts.js';
 
 export async function tmpDir(tag: string): Promise<string> {
@@ -109,9 +109,12 @@ export async function mountKernel(lowers: string[], mnt: string, upper?: string,
   return { mnt, stop: () => forceUnmount(mnt) };
 }
 
-export async function mountFuse(lowers: string[], mnt: string, upper?: string, work?: string): Promise<Mounted & { pid: number }> {
+/** The FUSE transports the shared test tables run against (LAYERFS_TEST_TRANSPORTS="direct" narrows them). */
+export const FUSE_TRANSPORTS: Transport[] = (process.env.LAYERFS_TEST_TRANSPORTS?.split(/[\s,]+/).filter(Boolean) as Transport[] | undefined) ?? ['direct', 'fuse-native'];
+
+export async function mountFuse(lowers: string[], mnt: string, upper?: string, work?: string, transport?: Transport): Promise<Mounted & { pid: number }> {
   await mkdir(mnt, { recursive: true });
-  const { pid } = await startFuseMount({ lowerdirs: lowers, upperdir: upper, workdir: work, mountpoint: mnt });
+  const { pid } = await startFuseMount({ lowerdirs: lowers, upperdir: upper, workdir: work, mountpoint: mnt, ...(transport ? { transport } : {}) });
   return {
     mnt,
     pid,

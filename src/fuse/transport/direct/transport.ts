@@ -62,6 +62,7 @@ export interface DirectOptions {
 
 export interface TransportStats {
   requests: number;
+  interrupts: number;
   byOp: Record<string, number>;
 }
 
@@ -111,7 +112,7 @@ export class DirectTransport {
   private endResolve!: (why: string) => void;
   /** Settles when the read loop has ended (unmounted: ENODEV) with why. */
   readonly ended: Promise<string>;
-  readonly stats: TransportStats = { requests: 0, byOp: {} };
+  readonly stats: TransportStats = { requests: 0, interrupts: 0, byOp: {} };
 
   constructor(
     private readonly core: Overlay,
@@ -320,6 +321,7 @@ export class DirectTransport {
     }
     if (!INTERRUPTIBLE.has(fl.opcode) || fl.interrupted) return;
     fl.interrupted = true;
+    this.stats.interrupts++;
     this.send(target, osc.errno.EINTR, null);
   }
 

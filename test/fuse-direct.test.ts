@@ -1,0 +1,243 @@
+/**
+ * Protocol edge cases of the direct /dev/fuse transport. Every server runs in its own process; this process only
+ * uses async fs calls and child processes on the mounts. Every mount is undone in after/finally.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { execFile, spawn } from 'node:child_process';
+import { chmod, mkdir, open, readdir, readFile, rm, stat, statfs, lstat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { cli, cliOk } from './lib/cli.js';
+import { cleanup, mountFuse, tmpDir, type Mounted } from './lib/fuse.js';
+import { makeImage, writeOciLayout } from './lib/images.js';
+import { forceUnmount, isMounted } from './lib/mounts.js';
+
+const run = promisify(execFile);
+const live: Mounted[] = [];
+const dirs: string[] = [];
+after(async () => {
+  for (const m of live.reverse()) await m.stop().catch(() => undefined);
+  for (const d of dirs) await cleanup(d);
+});
+
+async function fixture(tag: string): Promise<{ dir: string; lower: string; upper: string; work: string; mnt: string }> {
+  const dir = await tmpDir(tag);
+  dirs.push(dir);
+  await chmod(dir, 0o755); // reachable for the non-root user test
+  const [lower, upper, work, mnt] = ['lower', 'upper', 'work', 'mnt'].map((d) => path.join(dir, d));
+  for (const d of [lower, upper, work, mnt]) await mkdir(d);
+  return { dir, lower, upper, work, mnt };
+}
+
+async function mountDirect(f: { lower: string; upper: string; work: string; mnt: string }): Promise<Mounted & { pid: number }> {
+  const m = await mountFuse([f.lower], f.mnt, f.upper, f.work, 'direct');
+  live.push(m);
+  return m;
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+async function statsOf(pid: number, file: string): Promise<Record<string, number>> {
+  const before = (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean).length;
+  process.kill(pid, 'SIGUSR2');
+  for (let i = 0; i < 100; i++) {
+    const lines = (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+    if (lines.length > before) return JSON.parse(lines[lines.length - 1]) as Record<string, number>;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('no stats from the server');
+}
+
+describe('direct transport: protocol edge cases', () => {
+  let f: Awaited<ReturnType<typeof fixture>>;
+  let m: Mounted & { pid: number };
+  const statsFile = () => path.join(f.dir, 'stats.jsonl');
+
+  before(async () => {
+    f = await fixture('fdirect');
+    process.env.LAYERFS_FUSE_STATS = path.join(f.dir, 'stats.jsonl');
+    // lower: a 100k-entry dir, a big file for copy-up, a public dir, a deep tree for find
+    const big = path.join(f.lower, 'big');
+    await mkdir(big);
+    await run('sh', ['-c', 'cd "$0" && seq -f "entry-%06g" 0 99999 | xargs touch', big]);
+    const pub = path.join(f.lower, 'pub');
+    await mkdir(pub);
+    await chmod(pub, 0o1777);
+    await run('sh', ['-c', 'head -c 1073741824 /dev/zero > "$0"', path.join(f.lower, 'huge')]);
+    m = await mountDirect(f);
+    delete process.env.LAYERFS_FUSE_STATS;
+  });
+
+  test('a 1 MiB write and a 1 MiB read, one request each way', async () => {
+    const data = Buffer.alloc(3 << 20);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((i * 2654435761) >>> 0, i);
+    await writeFile(path.join(f.dir, 'src.bin'), data);
+    const s0 = await statsOf(m.pid, statsFile());
+    await run('dd', [`if=${path.join(f.dir, 'src.bin')}`, `of=${path.join(f.mnt, 'one.bin')}`, 'bs=1M', 'count=3', 'status=none']);
+    const s1 = await statsOf(m.pid, statsFile());
+    // lookup + create + 3 writes + flush + release + getattr-ish: far fewer than the 24 a 128 KiB max_write needs
+    assert.ok(s1.requests - s0.requests - 1 <= 12, `requests for 3 MiB written: ${s1.requests - s0.requests - 1}`);
+    assert.equal(sha(await readFile(path.join(f.upper, 'one.bin'))), sha(data));
+    const { stdout } = await run('sh', ['-c', 'dd if="$0" bs=1M iflag=direct status=none | sha256sum', path.join(f.mnt, 'one.bin')]);
+    assert.equal(stdout.split(' ')[0], sha(data));
+  });
+
+  test('names of 255 bytes work; 256 bytes is ENAMETOOLONG', async () => {
+    const name = 'n'.repeat(250) + 'é'.repeat(2) + 'x'; // 255 bytes in UTF-8
+    assert.equal(Buffer.byteLength(name), 255);
+    await writeFile(path.join(f.mnt, name), 'long');
+    assert.ok((await readdir(f.mnt)).includes(name));
+    assert.equal(await readFile(path.join(f.mnt, name), 'utf8'), 'long');
+    assert.equal((await lstat(path.join(f.upper, name))).size, 4);
+    await assert.rejects(writeFile(path.join(f.mnt, 'y'.repeat(256)), 'x'), { code: 'ENAMETOOLONG' });
+  });
+
+  test('a 100k-entry directory lists completely (many READDIRPLUS pieces, no duplicates)', async () => {
+    const names = await readdir(path.join(f.mnt, 'big'));
+    assert.equal(names.length, 100_000);
+    assert.equal(new Set(names).size, 100_000);
+    const { stdout } = await run('sh', ['-c', 'ls -f "$0" | wc -l', path.join(f.mnt, 'big')], { maxBuffer: 1 << 26 });
+    assert.equal(Number(stdout.trim()), 100_002); // with . and ..
+  });
+
+  test('FORGET storm: after find + drop_caches the kernel gives its lookups back', async () => {
+    await run('sh', ['-c', 'find "$0" -xdev -ls > /dev/null', f.mnt]);
+    const full = await statsOf(m.pid, statsFile());
+    assert.ok(full.kernelNodes > 100_000, `kernel holds ${full.kernelNodes} nodes after find`);
+    await run('sh', ['-c', 'sync; echo 2 > /proc/sys/vm/drop_caches']);
+    let after = full;
+    for (let i = 0; i < 50; i++) {
+      after = await statsOf(m.pid, statsFile());
+      if (after.kernelNodes < 1000) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    console.log(`# forget storm: kernel nodes ${full.kernelNodes} -> ${after.kernelNodes}; core nodes ${full.coreNodes} -> ${after.coreNodes}; rss ${(full.rss / 2 ** 20).toFixed(0)} MiB -> ${(after.rss / 2 ** 20).toFixed(0)} MiB`);
+    assert.ok(after.kernelNodes < 1000, `kernel still holds ${after.kernelNodes} nodes`);
+  });
+
+  test('files made by a non-root user are owned by that user', async () => {
+    const pub = path.join(f.mnt, 'pub');
+    await run('setpriv', ['--reuid', '1000', '--regid', '1000', '--clear-groups', 'sh', '-c', 'cd "$0" && echo x > file && mkdir dir && ln -s file link && mkfifo fifo && ln file hard', pub]);
+    for (const n of ['file', 'dir', 'link', 'fifo', 'hard']) {
+      const st = await lstat(path.join(pub, n));
+      assert.deepEqual([n, st.uid, st.gid], [n, 1000, 1000]);
+      const up = await lstat(path.join(f.upper, 'pub', n));
+      assert.deepEqual([n, up.uid, up.gid], [n, 1000, 1000]);
+    }
+    // hardlinks share one kernel inode: a chmod through one name shows through the other at once
+    await chmod(path.join(pub, 'file'), 0o600);
+    assert.equal((await stat(path.join(pub, 'hard'))).mode & 0o777, 0o600);
+    assert.equal((await stat(path.join(pub, 'hard'))).nlink, 2);
+  });
+
+  test('utimens: explicit times with sub-second parts, UTIME_NOW and UTIME_OMIT', async () => {
+    const p = path.join(f.mnt, 'times');
+    await writeFile(p, 't');
+    await run('touch', ['-m', '-d', '2001-02-03 04:05:06.123456789 UTC', p]);
+    await run('touch', ['-a', '-d', '2002-02-03 04:05:06.987654321 UTC', p]);
+    const { stdout } = await run('stat', ['-c', '%X.%x|%Y.%y', p]);
+    const st = await stat(p, { bigint: true });
+    const mtimeNs = st.mtimeNs;
+    const want = BigInt(Date.UTC(2001, 1, 3, 4, 5, 6)) * 1_000_000n + 123_456_789n;
+    const drift = mtimeNs > want ? mtimeNs - want : want - mtimeNs;
+    assert.ok(drift < 1000n, `mtime off by ${drift} ns (${stdout.trim()})`); // within a microsecond (the core carries double ms)
+    const wantA = BigInt(Date.UTC(2002, 1, 3, 4, 5, 6)) * 1_000_000n + 987_654_321n;
+    const driftA = st.atimeNs > wantA ? st.atimeNs - wantA : wantA - st.atimeNs;
+    assert.ok(driftA < 1000n, `atime off by ${driftA} ns; -a must leave mtime (UTIME_OMIT)`);
+    const t0 = Date.now();
+    await run('touch', ['-m', p]); // UTIME_NOW for mtime, UTIME_OMIT for atime
+    const st2 = await stat(p, { bigint: true });
+    assert.ok(Math.abs(Number(st2.mtimeMs) - t0) < 5000);
+    assert.equal(st2.atimeNs, st.atimeNs);
+  });
+
+  test('INTERRUPT: a signal ends a process waiting on a long copy-up; the mount stays healthy', async () => {
+    // baseline: an uninterrupted open-for-write copies the 1 GiB file up
+    const s0 = await statsOf(m.pid, statsFile());
+    const huge = path.join(f.mnt, 'huge');
+    const child = spawn('sh', ['-c', 'exec 3>>"$0"; echo opened', huge], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const t0 = Date.now();
+    const exited = new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((r) => child.once('exit', (code, sig) => r({ code, sig })));
+    await new Promise((r) => setTimeout(r, 100));
+    child.kill('SIGINT');
+    const res = await exited;
+    const waited = Date.now() - t0;
+    const s1 = await statsOf(m.pid, statsFile());
+    // the copy-up went on in the server; once it is done, the file is upper and complete
+    const t1 = Date.now();
+    const fh = await open(huge, 'a');
+    await fh.close();
+    const fullCopy = Date.now() - t1 + waited;
+    assert.equal((await lstat(path.join(f.upper, 'huge'))).size, 1 << 30);
+    assert.equal((await stat(f.mnt)).isDirectory(), true);
+    console.log(`# interrupt: child ended after ${waited} ms (${res.sig ?? res.code}); copy-up ~${fullCopy} ms; interrupts ${s1.interrupts - s0.interrupts}`);
+    if (res.sig === 'SIGINT') {
+      // the signal arrived while the OPEN was in the server: an INTERRUPT went out and was answered EINTR
+      assert.ok(s1.interrupts - s0.interrupts >= 1, 'the server saw the INTERRUPT');
+      if (fullCopy > 600) assert.ok(waited < fullCopy / 2 + 200, `waited ${waited} ms of a ${fullCopy} ms copy-up`);
+    }
+  });
+});
+
+describe('direct transport: a killed server', () => {
+  let scratch: string;
+  let env: Record<string, string>;
+  const mnts: string[] = [];
+  before(async () => {
+    scratch = await tmpDir('fkill');
+    dirs.push(scratch);
+    env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_FUSE_TRANSPORT: 'direct' };
+    const img = await makeImage([[{ name: 'etc/' }, { name: 'etc/hello', content: 'hi\n' }]]);
+    await writeOciLayout(path.join(scratch, 'oci'), [{ image: img, name: 'kill/test' }]);
+    await cliOk(['image', 'import', path.join(scratch, 'oci')], env);
+  });
+  after(async () => {
+    for (const m of mnts) await forceUnmount(m);
+  });
+
+  async function mountAndKill(name: string): Promise<string> {
+    const mnt = path.join(scratch, name);
+    mnts.push(mnt);
+    await cliOk(['mount', 'kill/test', mnt, '--driver', 'fuse', '--transport', 'direct'], env);
+    assert.equal(await readFile(path.join(mnt, 'etc/hello'), 'utf8'), 'hi\n');
+    const { stdout } = await run('pgrep', ['-f', `server-main.js .*${mnt}$`]);
+    const pid = Number(stdout.trim().split('\n')[0]);
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 50; i++) {
+      try {
+        process.kill(pid, 0);
+      } catch {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await assert.rejects(statfs(mnt), { code: 'ENOTCONN' });
+    await assert.rejects(readdir(path.join(mnt, 'etc')), { code: 'ENOTCONN' });
+    assert.ok(await isMounted(mnt));
+    return mnt;
+  }
+
+  test('kill -9: the mount answers ENOTCONN; layerfs umount removes it', async () => {
+    const mnt = await mountAndKill('m1');
+    await cliOk(['umount', mnt], env);
+    assert.equal(await isMounted(mnt), false);
+    const again = await cli(['umount', mnt], env);
+    assert.match(again.stderr, /not a layerfs mount/);
+  });
+
+  test('kill -9: layerfs status (and mount) clean the stale mount on start', async () => {
+    const mnt = await mountAndKill('m2');
+    const st = JSON.parse(await cliOk(['status', '--json'], env)) as { staleMountsRemoved?: string[]; mounts: number };
+    assert.deepEqual(st.staleMountsRemoved, [mnt]);
+    assert.equal(st.mounts, 0);
+    assert.equal(await isMounted(mnt), false);
+    const mnt3 = await mountAndKill('m3');
+    await cliOk(['mount', 'kill/test', path.join(scratch, 'm4'), '--driver', 'fuse'], env);
+    mnts.push(path.join(scratch, 'm4'));
+    assert.equal(await isMounted(mnt3), false);
+    await cliOk(['umount', path.join(scratch, 'm4'), '--rm'], env);
+    await rm(mnt3, { recursive: true, force: true }).catch(() => undefined);
+  });
+});

@@ -621,50 +621,36 @@ export class DirectTransport {
     if (!d) throw fsErr('EBADF');
     if (offset === 0) d.entries = d.loading = null; // rewinddir: a fresh listing
     const entries = await this.listing(d);
-    const out = Buffer.allocUnsafe(size);
-    let pos = 0;
     const total = entries.length + 2;
+    // which entries fit (sizes depend on the names only), then their attributes all at once
+    const nameOf = (i: number): Buffer => Buffer.from(i === 0 ? '.' : i === 1 ? '..' : entries[i - 2].name);
+    const names: Buffer[] = [];
+    let used = 0;
     for (let i = offset; i < total; i++) {
-      let name: Buffer;
-      let ino: number;
-      let type: number;
-      let node: DirEntry | null = null;
-      if (i === 0) {
-        name = Buffer.from('.');
-        ino = d.id;
-        type = 4;
-      } else if (i === 1) {
-        name = Buffer.from('..');
-        ino = d.parent;
-        type = 4;
-      } else {
-        node = entries[i - 2];
-        name = Buffer.from(node.name);
-        ino = node.ino;
-        type = dtype(TYPE_MODE[node.kind]);
-      }
+      const name = nameOf(i);
       const need = direntSize(name.length) + (plus ? ENTRY_OUT : 0);
-      if (pos + need > size) break;
+      if (used + need > size) break;
+      used += need;
+      names.push(name);
+    }
+    const needStat = (i: number): boolean => i >= 2 && (plus || entries[i - 2].kind === 'other');
+    const stats = await Promise.all(names.map((_, k) => (needStat(offset + k) ? this.core.getattr(entries[offset + k - 2].ino).catch(() => null) : null)));
+    const out = Buffer.allocUnsafe(used);
+    let pos = 0;
+    names.forEach((name, k) => {
+      const i = offset + k;
+      const e = i >= 2 ? entries[i - 2] : null;
+      const ino = i === 0 ? d.id : i === 1 ? d.parent : e!.ino;
+      const st = stats[k];
+      let type = e ? dtype(TYPE_MODE[e.kind]) : 4;
+      if (st && dtype(st.mode) !== 0) type = dtype(st.mode);
       if (plus) {
-        let st: NodeStat | null = null;
-        if (node) {
-          st = await this.core.getattr(node.ino).catch(() => null);
-          if (st) {
-            type = dtype(st.mode);
-            if (type === 0) type = dtype(TYPE_MODE[node.kind]);
-          }
-        }
         writeEntry(out, pos, st ? ino : 0, st, this.entryTimeout, this.attrTimeout);
         if (st) this.ref(ino);
-        pos = writeDirent(out, pos + ENTRY_OUT, ino, i + 1, name, type);
-      } else {
-        if (node && node.kind === 'other') {
-          const st = await this.core.getattr(node.ino).catch(() => null);
-          if (st) type = dtype(st.mode);
-        }
-        pos = writeDirent(out, pos, ino, i + 1, name, type);
+        pos += ENTRY_OUT;
       }
-    }
+      pos = writeDirent(out, pos, ino, i + 1, name, type);
+    });
     return new Reply(out.subarray(0, pos));
   }
 }

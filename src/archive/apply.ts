@@ -32,12 +32,15 @@ import { baseOf, joinRel, normalizeName, parentOf } from './paths.js';
 import { decodeHeaderBlock, xattrBytes, XATTR_PAX_PREFIX } from './tarstream-pax.js'; // also makes tar-stream's PAX values lossless
 
 export interface ApplyOptions {
+  /** 'sha256:<hex>' of the uncompressed tar stream; mismatch -> LayerfsError 'EDIGEST' */
   expectDiffDigest?: string;
+  /** 'sha256:<hex>' of the bytes as given (compressed or not); mismatch -> 'EDIGEST' */
   expectCompressedDigest?: string;
 }
 export interface ApplyResult {
   diffDigest: string;
   compressedDigest: string;
+  /** sum of regular file sizes */
   size: number;
   compressedSize: number;
 }

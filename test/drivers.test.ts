@@ -253,6 +253,30 @@ describe('kernel overlay: many layers and reference counts', () => {
       await svc.close();
     }
   });
+
+  test('cleanup unmounts what the driver mounted and clears stale work dirs', async () => {
+    const { Service } = await import('../src/service/index.js');
+    const svc = await Service.open({ root: path.join(scratch, 'root'), shared: path.join(scratch, 'nfs') });
+    const a = path.join(scratch, 'clean-a');
+    const b = path.join(scratch, 'clean-b');
+    mounts.push(a, b);
+    try {
+      const ma = await svc.mountImage('many', a, { driver: 'overlay' });
+      await svc.mountImage('many', b, { driver: 'overlay', ro: true });
+      const d = await svc.driver('overlay');
+      await d.mount(ma.layer); // a second reference: cleanup ignores reference counts
+      await mkdir(path.join(scratch, 'root', 'overlay', ma.layer, 'work', 'stale-copyup'), { recursive: true });
+      await d.cleanup();
+      assert.equal(await isMounted(a), false);
+      assert.equal(await isMounted(b), false);
+      assert.deepEqual(await svc.index.listMounts(), []);
+      assert.deepEqual(await readdir(path.join(scratch, 'root', 'overlay', ma.layer, 'work')), []);
+      assert.equal((await svc.status()).mounts, 0);
+      await d.remove(ma.layer);
+    } finally {
+      await svc.close();
+    }
+  });
 });
 
 test('--driver auto falls back to FUSE where kernel overlay is missing', async () => {

@@ -20,6 +20,9 @@ export interface Link {
   name: string;
 }
 
+/** Shared by every node without lower dirs (never mutated: nodes get a new array). */
+const NO_LOWER_DIRS = Object.freeze([]) as unknown as LowerDir[];
+
 export class Node {
   readonly ino: number;
   kind: Kind;
@@ -31,9 +34,12 @@ export class Node {
   lowerPath: string | null = null;
   lowerLayer = -1;
   /** Dirs: the lower dirs merged under this one, top first (empty when opaque or pure upper). */
-  lowerDirs: LowerDir[] = [];
-  /** Dirs: cached lookups; null = known absent. */
-  readonly children = new Map<string, Node | null>();
+  lowerDirs: LowerDir[] = NO_LOWER_DIRS;
+  private childMap: Map<string, Node | null> | null = null;
+  /** Dirs: cached lookups; null = known absent. Made on first use (files never have one). */
+  get children(): Map<string, Node | null> {
+    return (this.childMap ??= new Map());
+  }
   /** Bumped by every change of this dir's entries, so a racing lookup knows to retry. */
   gen = 0;
   /** Removed from the namespace (rmdir, or last known name unlinked). */

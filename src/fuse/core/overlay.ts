@@ -7,7 +7,8 @@
  * at a time under `lock`. A lookup racing a change of the same dir notices through the dir's `gen` and retries.
  */
 import type { Stats } from 'node:fs';
-import { constants as fsc } from 'node:fs';
+import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, lutimesSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fstatSync, fsync as fsyncCb, ftruncateSync, lstatSync, openSync, read as readCb, readdirSync, readSync, write as writeCb, writeSync } from 'node:fs';
+import { promisify } from 'node:util';
 import {
   chmod,
   lchown,
@@ -24,7 +25,6 @@ import {
   symlink,
   truncate,
   unlink,
-  type FileHandle,
 } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -59,9 +59,19 @@ interface Resolution {
   lowerDirs: LowerDir[];
 }
 
+/** File I/O up to this size is done with a synchronous syscall on the JS thread (the backing file is a local file,
+ *  never the mount: a threadpool round trip costs more than a small read). Bigger reads/writes go to the pool. */
+const SYNC_IO_MAX = 64 * 1024;
+const readAsync = promisify(readCb);
+const writeAsync = promisify(writeCb);
+const closeAsync = promisify(closeCb);
+const fsyncAsync = promisify(fsyncCb);
+const fdatasyncAsync = promisify(fdatasyncCb);
+
 interface Handle {
   node: Node;
-  fd: FileHandle;
+  /** A raw fd of the backing file (opened once per open, closed at release). */
+  fd: number;
   upper: boolean;
   flags: number;
 }
@@ -86,6 +96,8 @@ export class Overlay implements CopyUpHost {
   private readonly nodes = new Map<number, Node>();
   private readonly byKey = new Map<string, Node>();
   private readonly handles = new Map<number, Handle>();
+  /** Merged listings of dirs, valid while the dir's gen, upper flag and lower dirs are unchanged. */
+  private readonly namesCache = new WeakMap<Node, { gen: number; upper: boolean; lowerDirs: LowerDir[]; names: string[] }>();
   private readonly lock = new Mutex();
   /** Session numbers for nodes whose stable number is taken or unknown (2^52 up: above every derived one). */
   private nextFallbackIno = FALLBACK_INO_BASE;
@@ -141,6 +153,31 @@ export class Overlay implements CopyUpHost {
     const n = this.nodes.get(id);
     if (!n) throw fsErr('ESTALE', `no inode ${id}`);
     return n;
+  }
+
+  /**
+   * FUSE forget: a transport calls this when the kernel's lookup count of node `id` has reached 0 (`nlookup` is the
+   * count just dropped; informational). Call it only then, and not while a reply handing out `id` is still being
+   * built. Nodes the layers alone can rebuild with the same number (lower-only non-dirs with one name, no open
+   * handle, not changed through the mount) leave the tables, to bound memory; a later lookup makes them again.
+   * Everything else stays. Unknown ids are ignored, so it is always safe to call.
+   */
+  forget(id: number, nlookup = 1): void {
+    void nlookup;
+    const n = this.nodes.get(id);
+    if (!n || n === this.root || n.kind === 'dir' || n.upper || n.removed || n.nlinkDelta !== 0) return;
+    if (n.links.length !== 1 || !n.lowerStat || n.lowerStat.nlink > 1) return;
+    const lk = n.links[0];
+    if (lk.parent.children.get(lk.name) !== n) return;
+    for (const h of this.handles.values()) if (h.node === n) return;
+    lk.parent.children.delete(lk.name);
+    this.nodes.delete(id);
+    for (const k of n.keys) if (this.byKey.get(k) === n) this.byKey.delete(k);
+  }
+
+  /** Nodes in the table (for memory checks). */
+  get nodeCount(): number {
+    return this.nodes.size;
   }
 
   private dirNode(id: number): Node {
@@ -310,10 +347,10 @@ export class Overlay implements CopyUpHost {
       const full = path.join(ld.path, name);
       if (kind !== 'd') {
         if (res) return res; // an upper/higher dir over a lower non-dir: stop merging
-        return { st: await lstat(full), upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
+        return { st: lstatSync(full), upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
       }
       if (res && !res.st.isDirectory()) return res;
-      if (!res) res = { st: await lstat(full), upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
+      if (!res) res = { st: lstatSync(full), upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
       res.lowerDirs.push({ layer: ld.layer, path: full });
       if (listing.whiteouts.has(name)) return res; // `.wh.X` beside X: X is new in this layer
       if (await isOpaqueDir(full)) return res;
@@ -331,11 +368,11 @@ export class Overlay implements CopyUpHost {
     const n = this.node(id);
     if (n.removed || (n.links.length === 0 && n !== this.root)) {
       // unlinked while open: the open file answers (st_nlink 0 for an upper file; lower ones count their whiteout)
-      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, await h.fd.stat());
+      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, fstatSync(h.fd));
       throw fsErr('ENOENT');
     }
     if (!n.upper && n.lowerStat) return this.statOf(n, n.lowerStat);
-    return this.statOf(n, await lstat(this.realPath(n)));
+    return this.statOf(n, lstatSync(this.realPath(n)));
   }
 
   private statOf(n: Node, st: Stats): NodeStat {
@@ -381,12 +418,24 @@ export class Overlay implements CopyUpHost {
 
   /** Visible names of a merged dir: upper first, then each lower; whiteouts of both forms applied, never shown. */
   private async mergedNames(d: Node): Promise<string[]> {
+    // cached per dir until its entries change through the mount (gen) or its layers do (copy-up, opaque)
+    const c = this.namesCache.get(d);
+    if (c && c.gen === d.gen && c.upper === d.upper && c.lowerDirs === d.lowerDirs) return c.names;
+    const gen = d.gen;
+    const upper = d.upper;
+    const lowerDirs = d.lowerDirs;
+    const names = await this.readMergedNames(d);
+    this.namesCache.set(d, { gen, upper, lowerDirs, names });
+    return names;
+  }
+
+  private async readMergedNames(d: Node): Promise<string[]> {
     const seen = new Set<string>();
     const hidden = new Set<string>();
     const out: string[] = [];
     if (d.upper) {
       const dir = this.upperPath(d);
-      for (const e of await readdir(dir, { withFileTypes: true })) {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
         if (e.name === WH_OPAQUE) continue;
         const t = whiteoutTarget(e.name);
         if (t !== null) {
@@ -419,12 +468,14 @@ export class Overlay implements CopyUpHost {
   async readdir(id: number): Promise<DirEntry[]> {
     const d = this.dirNode(id);
     const names = await this.mergedNames(d);
-    const nodes = await mapLimit(names, 32, (name) => this.lookupIn(d, name).catch(() => null));
+    // names already looked up are map hits; only the others are resolved (at most 32 at a time)
+    const unknown = names.filter((name) => d.children.get(name) === undefined);
+    if (unknown.length > 0) await mapLimit(unknown, 32, (name) => this.lookupIn(d, name).catch(() => null));
     const out: DirEntry[] = [];
-    names.forEach((name, i) => {
-      const n = nodes[i];
+    for (const name of names) {
+      const n = d.children.get(name) ?? (await this.lookupIn(d, name).catch(() => null));
       if (n) out.push({ name, ino: n.ino, kind: n.kind });
-    });
+    }
     return out;
   }
 
@@ -516,7 +567,7 @@ export class Overlay implements CopyUpHost {
       await this.mustBeAbsent(p, name);
       this.writable();
       return this.placeNew(p, name, false, async (t) => {
-        if ((mode & fsc.S_IFMT) === fsc.S_IFREG || (mode & fsc.S_IFMT) === 0) await (await open(t, 'wx', mode & 0o7777)).close();
+        if ((mode & fsc.S_IFMT) === fsc.S_IFREG || (mode & fsc.S_IFMT) === 0) closeSync(openSync(t, 'wx', mode & 0o7777));
         else native.mknod(t, mode, major(rdev), minor(rdev));
       });
     });
@@ -537,14 +588,14 @@ export class Overlay implements CopyUpHost {
       const p = this.dirNode(parentId);
       await this.mustBeAbsent(p, name);
       this.writable();
-      let fd: FileHandle | undefined;
+      let fd = -1;
       try {
         const n = await this.placeNew(p, name, false, async (t) => {
-          fd = await open(t, fsc.O_CREAT | fsc.O_EXCL | openFlags(flags), mode & 0o7777);
+          fd = openSync(t, fsc.O_CREAT | fsc.O_EXCL | openFlags(flags), mode & 0o7777);
         });
-        return { node: n, fh: this.addHandle(n, fd!, true, flags) };
+        return { node: n, fh: this.addHandle(n, fd, true, flags) };
       } catch (err) {
-        await fd?.close().catch(() => undefined);
+        if (fd >= 0) closeSync(fd);
         throw err;
       }
     });
@@ -574,14 +625,14 @@ export class Overlay implements CopyUpHost {
       await this.copyUp(p);
       // a lower file with other names: copy it up (its names become upper hardlinks), so the link count the
       // remaining names report is real, also after a remount (a whiteout alone would leave the lower count)
-      if (!n.upper && n.lowerPath && (await lstat(n.lowerPath)).nlink > 1) await this.copyUp(n);
+      if (!n.upper && n.lowerPath && (n.lowerStat ?? lstatSync(n.lowerPath)).nlink > 1) await this.copyUp(n);
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
       if (n.upper) {
-        const st = await lstat(target);
+        const st = lstatSync(target);
         if (wh) this.replaceWithWhiteout(target);
-        else await unlink(target);
+        else unlinkSync(target);
         if (st.nlink <= 1) this.dropUpperKey(n);
       } else {
         makeWhiteout(target);
@@ -630,12 +681,12 @@ export class Overlay implements CopyUpHost {
       } else {
         makeWhiteout(target);
       }
-      this.forget(n);
+      this.dropDir(n);
       p.children.set(name, null);
     });
   }
 
-  private forget(n: Node): void {
+  private dropDir(n: Node): void {
     n.removed = true;
     n.links = [];
     n.children.clear();
@@ -695,12 +746,12 @@ export class Overlay implements CopyUpHost {
           makeWhiteout(from);
         }
       } else {
-        await rename(from, to);
+        renameSync(from, to);
       }
       if (await whFileExists(this.upperPath(dp), newName)) await unlink(path.join(this.upperPath(dp), WH_PREFIX + newName));
       if (dst) {
         dst.removeLink(dp, newName);
-        if (dst.kind === 'dir') this.forget(dst);
+        if (dst.kind === 'dir') this.dropDir(dst);
         else if (dst.links.length === 0) dst.removed = true;
       }
       sp.children.set(name, null);
@@ -751,7 +802,7 @@ export class Overlay implements CopyUpHost {
       const n = this.node(id);
       this.writable();
       await this.copyUp(n);
-      if (n.kind !== 'symlink') await chmod(this.upperPath(n), mode & 0o7777);
+      if (n.kind !== 'symlink') chmodSync(this.upperPath(n), mode & 0o7777);
     });
   }
 
@@ -761,7 +812,7 @@ export class Overlay implements CopyUpHost {
       const n = this.node(id);
       this.writable();
       await this.copyUp(n);
-      await lchown(this.upperPath(n), uid, gid);
+      lchownSync(this.upperPath(n), uid, gid);
     });
   }
 
@@ -783,7 +834,7 @@ export class Overlay implements CopyUpHost {
       this.writable();
       await this.copyUp(n);
       const now = Date.now();
-      await lutimes(this.upperPath(n), (atimeMs ?? now) / 1000, (mtimeMs ?? now) / 1000);
+      lutimesSync(this.upperPath(n), (atimeMs ?? now) / 1000, (mtimeMs ?? now) / 1000);
     });
   }
 
@@ -823,7 +874,7 @@ export class Overlay implements CopyUpHost {
 
   // ---- file I/O ---------------------------------------------------------------------------------------------
 
-  private addHandle(node: Node, fd: FileHandle, upper: boolean, flags: number): number {
+  private addHandle(node: Node, fd: number, upper: boolean, flags: number): number {
     let fh = this.nextFh;
     while (this.handles.has(fh) || fh === 0) fh = (fh + 1) >>> 0;
     this.nextFh = (fh + 1) >>> 0;
@@ -845,7 +896,7 @@ export class Overlay implements CopyUpHost {
       this.writable();
       await this.lock.run(() => this.copyUp(n, { data: (flags & fsc.O_TRUNC) === 0 }));
     }
-    const fd = await open(this.realPath(n), openFlags(flags) | (write ? flags & fsc.O_TRUNC : 0));
+    const fd = openSync(this.realPath(n), openFlags(flags) | (write ? flags & fsc.O_TRUNC : 0));
     return this.addHandle(n, fd, n.upper, flags);
   }
 
@@ -853,14 +904,15 @@ export class Overlay implements CopyUpHost {
     const h = this.handle(fh);
     if (!h.upper && h.node.upper) {
       // copied up since this read-only open: follow the data to the upper copy (as the kernel does)
-      const fd = await open(this.upperPath(h.node), fsc.O_RDONLY);
-      await h.fd.close().catch(() => undefined);
+      const fd = openSync(this.upperPath(h.node), fsc.O_RDONLY);
+      const old = h.fd;
       h.fd = fd;
+      await closeAsync(old).catch(() => undefined);
       h.upper = true;
     }
     let done = 0;
     while (done < len) {
-      const { bytesRead } = await h.fd.read(buf, done, len - done, pos + done);
+      const bytesRead = len <= SYNC_IO_MAX ? readSync(h.fd, buf, done, len - done, pos + done) : (await readAsync(h.fd, buf, done, len - done, pos + done)).bytesRead;
       if (bytesRead === 0) break;
       done += bytesRead;
     }
@@ -872,7 +924,7 @@ export class Overlay implements CopyUpHost {
     if (!h.upper) throw fsErr('EBADF');
     let done = 0;
     while (done < len) {
-      const { bytesWritten } = await h.fd.write(buf, done, len - done, pos + done);
+      const bytesWritten = len <= SYNC_IO_MAX ? writeSync(h.fd, buf, done, len - done, pos + done) : (await writeAsync(h.fd, buf, done, len - done, pos + done)).bytesWritten;
       done += bytesWritten;
     }
     return done;
@@ -881,13 +933,13 @@ export class Overlay implements CopyUpHost {
   async ftruncate(fh: number, size: number): Promise<void> {
     const h = this.handle(fh);
     if (!h.upper) throw fsErr('EBADF');
-    await h.fd.truncate(size);
+    ftruncateSync(h.fd, size);
   }
 
   async fsync(fh: number, datasync: boolean): Promise<void> {
     const h = this.handle(fh);
-    if (datasync) await h.fd.datasync();
-    else await h.fd.sync();
+    if (datasync) await fdatasyncAsync(h.fd);
+    else await fsyncAsync(h.fd);
   }
 
   async flush(fh: number): Promise<void> {
@@ -898,14 +950,14 @@ export class Overlay implements CopyUpHost {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
-    await h.fd.close();
+    closeSync(h.fd);
   }
 
   /** Close every handle (unmount). */
   async close(): Promise<void> {
     const hs = [...this.handles.values()];
     this.handles.clear();
-    await Promise.all(hs.map((h) => h.fd.close().catch(() => undefined)));
+    await Promise.all(hs.map((h) => closeAsync(h.fd).catch(() => undefined)));
   }
 }
 

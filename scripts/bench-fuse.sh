@@ -110,7 +110,9 @@ deep_lowers=$(for l in $(seq -w 0 99); do printf 'l%s:' "$l"; done); deep_lowers
 # ---- mounting -----------------------------------------------------------------------------------------------
 # mount_fs WHO STACK [rw]: a fresh mount at $mnt of STACK (main|big|deep) with a fresh upper
 srv_pid=""
+srv_who=""
 peak_rss=0
+declare -A peak_by=()
 mount_fs() {
   local who=$1 stack=$2 lowers cwd=$D
   case $stack in
@@ -121,6 +123,7 @@ mount_fs() {
   rm -rf "$D/run"; mkdir -p "$D/run/upper" "$D/run/work" "$mnt"
   local o="lowerdir=$lowers,upperdir=$D/run/upper,workdir=$D/run/work"
   srv_pid=""
+  srv_who=$who
   case $who in
     kernel) (cd "$cwd" && mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$mnt") ;;
     fuse-overlayfs) (cd "$cwd" && fuse-overlayfs -o "$o" "$mnt") ;;
@@ -136,6 +139,7 @@ unmount_fs() {
   if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
     local kb; kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$srv_pid/status")
     ((kb > peak_rss)) && peak_rss=$kb
+    ((kb > ${peak_by[$srv_who]:-0})) && peak_by[$srv_who]=$kb
   fi
   umount "$mnt" 2>/dev/null || umount -l "$mnt"
   if [ -n "$srv_pid" ]; then for _ in $(seq 1 100); do kill -0 "$srv_pid" 2>/dev/null || break; sleep 0.05; done; fi
@@ -234,3 +238,4 @@ node -e '
   for (const r of table) console.log(r.map((c, i) => (i === 0 ? String(c).padEnd(w[i]) : String(c).padStart(w[i]))).join("  "));
 ' "$results" "$cols"
 echo "layerfs server peak RSS (VmHWM, max over all mounts): $((peak_rss / 1024)) MiB"
+for w in "${!peak_by[@]}"; do echo "  $w: $((peak_by[$w] / 1024)) MiB"; done

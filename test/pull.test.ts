@@ -346,22 +346,36 @@ describe('image pull from a registry', () => {
     const remote = await registryLayers('lib/big');
     const big = remote[1]!.digest;
     const env = newStore();
+    const chain = chainIds(img.diffIds).map((d) => d.slice(7));
     const stalled = proxy.stall(big, 4 << 20);
     const pulling = pull(env, `127.0.0.1:${proxy.port}/lib/big:v1`);
-    await Promise.race([stalled, pulling.then((r) => Promise.reject(new Error(`the pull ended before the stall (${r.code}): ${r.stderr}`)))]);
-    await reg.kill();
-    proxy.release();
-    const r = await pulling;
-    assert.notEqual(r.code, 0);
-    assert.match(r.stderr, new RegExp(`layerfs: layer 2/3 blob ${big}: download interrupted after \\d+ of ${remote[1]!.size} bytes`), r.stderr);
-    const chain = chainIds(img.diffIds).map((d) => d.slice(7));
-    const st = await storeState(env);
-    assert.deepEqual(st.images, []);
-    assert.deepEqual(st.temps, []);
-    assert.deepEqual(st.layers, [chain[0]], 'only the complete bottom layer was published');
-    assert.deepEqual(st.data, [chain[0]]);
-    // back again: the re-run fetches only what is missing
-    await reg.start();
+    let down = false;
+    try {
+      await Promise.race([stalled, pulling.then((r) => Promise.reject(new Error(`the pull ended before the stall (${r.code}): ${r.stderr}`)))]);
+      // the big layer is held mid-stream; let the small bottom layer finish and be published first
+      // (under load it can still be downloading when the stall begins)
+      const deadline = Date.now() + 60_000;
+      while (!(await storeState(env)).layers.includes(chain[0]!)) {
+        if (Date.now() > deadline) throw new Error('the bottom layer was never published while the big one was stalled');
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      await reg.kill();
+      down = true;
+      proxy.release();
+      const r = await pulling;
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, new RegExp(`layerfs: layer 2/3 blob ${big}: download interrupted after \\d+ of ${remote[1]!.size} bytes`), r.stderr);
+      const st = await storeState(env);
+      assert.deepEqual(st.images, []);
+      assert.deepEqual(st.temps, []);
+      assert.deepEqual(st.layers, [chain[0]], 'only the complete bottom layer was published');
+      assert.deepEqual(st.data, [chain[0]]);
+    } finally {
+      proxy.release();
+      // back again (also when an assertion failed, so later tests get their registry)
+      if (down) await reg.start();
+    }
+    // the re-run fetches only what is missing
     const before = proxy.blobGets.length;
     const again = await pull(env, `127.0.0.1:${proxy.port}/lib/big:v1`);
     assert.equal(again.code, 0, again.stderr);

@@ -33,7 +33,7 @@ import { copyUp, copyUpTree, major, minor, type CopyUpHost, type CopyUpOptions }
 import { fsErr, isCode } from './errors.js';
 import { AliasIndex, LowerCache, type LowerDir } from './layer.js';
 import { Mutex } from './mutex.js';
-import { kindOf, Node, type DirEntry, type NodeStat } from './node.js';
+import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
 import { isPrivateXattr, listVisible, readInoXattr } from './xattr.js';
 
@@ -172,6 +172,7 @@ export class Overlay implements CopyUpHost {
     for (const h of this.handles.values()) if (h.node === n) return;
     lk.parent.children.delete(lk.name);
     this.nodes.delete(id);
+    n.lowerStat = null;
     for (const k of n.keys) if (this.byKey.get(k) === n) this.byKey.delete(k);
   }
 
@@ -212,7 +213,7 @@ export class Overlay implements CopyUpHost {
 
   private setKey(n: Node, key: string): void {
     this.byKey.set(key, n);
-    if (!n.keys.includes(key)) n.keys.push(key);
+    if (!n.keys.includes(key)) n.keys = [...n.keys, key];
   }
 
   private dropUpperKey(n: Node): void {
@@ -221,6 +222,7 @@ export class Overlay implements CopyUpHost {
   }
 
   registerUpper(n: Node, st: Stats): void {
+    n.lowerStat = null; // upper from now on: getattr stats the upper copy
     if (n.kind !== 'dir') this.setKey(n, `u:${st.dev}:${st.ino}`);
   }
 
@@ -301,8 +303,9 @@ export class Overlay implements CopyUpHost {
       n.links = [{ parent: p, name }];
       return n;
     }
-    const key = r.upper ? `u:${r.st.dev}:${r.st.ino}` : `l${r.lowerLayer}:${r.st.dev}:${r.st.ino}`;
-    const known = this.byKey.get(key);
+    // a lower file with one link has no other name in its layer: no identity key to share it by
+    const key = r.upper ? `u:${r.st.dev}:${r.st.ino}` : r.st.nlink > 1 ? `l${r.lowerLayer}:${r.st.dev}:${r.st.ino}` : null;
+    const known = key === null ? undefined : this.byKey.get(key);
     if (known && known.kind === kind) {
       known.removed = false;
       known.addLink(p, name);
@@ -313,7 +316,7 @@ export class Overlay implements CopyUpHost {
     if (!r.upper) n.lowerStat = r.st;
     n.lowerLayer = r.lowerLayer;
     n.links = [{ parent: p, name }];
-    this.setKey(n, key);
+    if (key !== null) this.setKey(n, key);
     return n;
   }
 
@@ -375,7 +378,7 @@ export class Overlay implements CopyUpHost {
     return this.statOf(n, lstatSync(this.realPath(n)));
   }
 
-  private statOf(n: Node, st: Stats): NodeStat {
+  private statOf(n: Node, st: StatLike): NodeStat {
     let nlink = st.nlink;
     if (n.kind === 'dir') {
       // like the kernel: merged dirs report 1 (their real count is unknown without a full merge)

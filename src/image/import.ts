@@ -116,27 +116,40 @@ export async function importImage(store: Store, index: Index, input: string, nam
             layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.compressedDigest, size: l.compressedSize ?? 0 })),
           }),
         );
-      const id = hexOf(src.configDigest);
-      const wanted = [...new Set((names.length ? names : src.names).map(normalizeName))];
-      const old = await store.readSharedImage(id);
-      const rec: ImageRecord = {
-        id,
-        names: [...new Set([...(old?.names ?? []), ...wanted])],
-        layers: layers.map((l) => l.id),
-        topLayer: layers.length ? layers[layers.length - 1]!.id : null,
-        manifestDigest: sha256Digest(manifest),
-        configDigest: src.configDigest,
-        size: layers.reduce((a, l) => a + l.size, 0),
-        created: old?.created ?? new Date().toISOString(),
-      };
-      await moveNames(store, index, wanted, id);
-      await store.publishImage(rec, manifest, src.config);
-      await index.putImage(rec);
-      return { image: rec, extracted };
+      const image = await publishImageOf(store, index, { config: src.config, configDigest: src.configDigest, manifest, layers, names: names.length ? names : src.names });
+      return { image, extracted };
     } finally {
       await src.close();
     }
   });
+}
+
+/**
+ * Write an image record for `layers` (bottom first) last, after its layers: names are added to an
+ * existing record of the same config, and move away from any other image that held them.
+ */
+export async function publishImageOf(
+  store: Store,
+  index: Index,
+  p: { config: Buffer; configDigest: string; manifest: Buffer; layers: LayerRecord[]; names: string[] },
+): Promise<ImageRecord> {
+  const id = hexOf(p.configDigest);
+  const wanted = [...new Set(p.names.map(normalizeName))];
+  const old = await store.readSharedImage(id);
+  const rec: ImageRecord = {
+    id,
+    names: [...new Set([...(old?.names ?? []), ...wanted])],
+    layers: p.layers.map((l) => l.id),
+    topLayer: p.layers.length ? p.layers[p.layers.length - 1]!.id : null,
+    manifestDigest: sha256Digest(p.manifest),
+    configDigest: p.configDigest,
+    size: p.layers.reduce((a, l) => a + l.size, 0),
+    created: old?.created ?? new Date().toISOString(),
+  };
+  await moveNames(store, index, wanted, id);
+  await store.publishImage(rec, p.manifest, p.config);
+  await index.putImage(rec);
+  return rec;
 }
 
 /** A name moves to the image that takes it (docker tag semantics): drop it from its old holder. */

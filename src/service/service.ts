@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { driverFor, selectDriver, type FuseDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
-import { moveNames, sha256Digest } from '../image/index.js';
+import { publishImageOf, sha256Digest } from '../image/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
@@ -293,21 +293,7 @@ export class Service {
           layers: chain.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.diffDigest, size: l.compressedSize ?? 0 })),
         }),
       );
-      const wanted = [...new Set(names.map(normalizeName))];
-      const rec: ImageRecord = {
-        id: sha256Digest(configBuf).slice(7),
-        names: wanted,
-        layers: chain.map((l) => l.id),
-        topLayer: layer.id,
-        manifestDigest: sha256Digest(manifest),
-        configDigest: sha256Digest(configBuf),
-        size: chain.reduce((a, l) => a + l.size, 0),
-        created: now,
-      };
-      await moveNames(this.store, this.index, wanted, rec.id);
-      await this.store.publishImage(rec, manifest, configBuf);
-      await this.index.putImage(rec);
-      return rec;
+      return publishImageOf(this.store, this.index, { config: configBuf, configDigest: sha256Digest(configBuf), manifest, layers: chain, names });
     });
   }
 

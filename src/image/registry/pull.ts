@@ -19,9 +19,8 @@ import { LayerfsError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import type { Index } from '../../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../../store/index.js';
-import { chainIds, checkDigest, hexOf, sha256Digest } from '../digest.js';
-import { addROLayer, moveNames, publishApplied } from '../import.js';
-import { normalizeName } from '../refs.js';
+import { chainIds, checkDigest, hexOf } from '../digest.js';
+import { addROLayer, publishApplied, publishImageOf } from '../import.js';
 import { MT_INDEX, choosePlatform, configDiffIds, type Descriptor } from '../source.js';
 import { dockerConfigCreds, parseCreds, type Credentials } from './auth.js';
 import { RegistryClient } from './client.js';
@@ -253,22 +252,7 @@ export async function pullImage(store: Store, index: Index, refStr: string, opts
       if (firstErr !== null) throw firstErr;
 
       const layers = records as LayerRecord[];
-      const id = hexOf(configDigest);
-      const wanted = [...new Set([ref.name, ...(opts.names ?? [])].map(normalizeName))];
-      const old = await store.readSharedImage(id);
-      const rec: ImageRecord = {
-        id,
-        names: [...new Set([...(old?.names ?? []), ...wanted])],
-        layers: layers.map((l) => l.id),
-        topLayer: layers.length ? layers[layers.length - 1]!.id : null,
-        manifestDigest: sha256Digest(man.body),
-        configDigest,
-        size: layers.reduce((a, l) => a + l.size, 0),
-        created: old?.created ?? new Date().toISOString(),
-      };
-      await moveNames(store, index, wanted, id);
-      await store.publishImage(rec, man.body, config);
-      await index.putImage(rec);
+      const rec = await publishImageOf(store, index, { config, configDigest, manifest: man.body, layers, names: [ref.name, ...(opts.names ?? [])] });
       return { image: rec, ref, fetched, bytes: downloaded };
     });
   } finally {

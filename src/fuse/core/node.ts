@@ -111,6 +111,9 @@ export class Node {
   removed = false;
   /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink. */
   nlinkDelta = 0;
+  /** Known to have no visible xattrs (the kernel asks for security.capability before every write): getxattr
+   *  answers ENODATA without a syscall. Cleared by setxattr and copy-up; removing xattrs keeps it true. */
+  noXattrs = false;
   /** Not copied up: the lower entry's stat, read at lookup. Lower layers do not change while mounted, so getattr
    *  answers from it without a syscall (atime aside) until the copy-up, after which the upper copy is stat'ed. */
   private statSlot = -1;

@@ -104,6 +104,8 @@ export class Overlay implements CopyUpHost {
   /** Per layer (0 = upper, i + 1 = lower i): the high bits added to st_ino; 0 for layers on the upper's fs. */
   private readonly layerTags: number[];
   private nextFh = 1;
+  /** The upper path placeNew is looking up right after making it (under the lock). */
+  private freshPath: string | null = null;
   private tmpSeq = 0;
 
   private constructor(opts: OverlayOptions, rootStat: Stats, layerDevs: number[]) {
@@ -193,7 +195,8 @@ export class Overlay implements CopyUpHost {
    * another node (a reused st_ino after a delete, a hardlink across layers) gets a session number instead.
    */
   private newNode(kind: Node['kind'], upper: boolean, st: Stats, layer: number, realPath: string): Node {
-    let ino = upper ? (readInoXattr(realPath) ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
+    const recorded = upper && realPath !== this.freshPath ? readInoXattr(realPath) : null;
+    let ino = upper ? (recorded ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
     if (ino <= ROOT_ID || this.nodes.has(ino)) ino = this.fallbackIno();
     const n = new Node(ino, kind, upper);
     this.nodes.set(n.ino, n);
@@ -223,6 +226,7 @@ export class Overlay implements CopyUpHost {
 
   registerUpper(n: Node, st: Stats): void {
     n.lowerStat = null; // upper from now on: getattr stats the upper copy
+    n.noXattrs = false;
     if (n.kind !== 'dir') this.setKey(n, `u:${st.dev}:${st.ino}`);
   }
 
@@ -542,7 +546,13 @@ export class Overlay implements CopyUpHost {
       if (hasWhFile) await unlink(whFile).catch(() => undefined); // we write only the kernel's format
     }
     p.children.delete(name);
-    const n = await this.lookupIn(p, name);
+    this.freshPath = target; // made just now by us: no ino xattr to read
+    let n: Node | null;
+    try {
+      n = await this.lookupIn(p, name);
+    } finally {
+      this.freshPath = null;
+    }
     if (!n) throw fsErr('EIO', `created ${name} is not visible`);
     return n;
   }
@@ -849,7 +859,15 @@ export class Overlay implements CopyUpHost {
 
   async getxattr(id: number, name: string): Promise<Buffer> {
     if (isPrivateXattr(name)) throw fsErr('EOPNOTSUPP');
-    return native.lgetxattr(this.realPath(this.node(id)), name);
+    const n = this.node(id);
+    if (n.noXattrs) throw fsErr('ENODATA');
+    const p = this.realPath(n);
+    try {
+      return native.lgetxattr(p, name);
+    } catch (err) {
+      if (isCode(err, 'ENODATA') && listVisible(p).length === 0) n.noXattrs = true;
+      throw err;
+    }
   }
 
   async setxattr(id: number, name: string, value: Buffer, flags: number): Promise<void> {
@@ -861,6 +879,7 @@ export class Overlay implements CopyUpHost {
       if (!n.upper && flags & XATTR_CREATE && hasXattr(this.realPath(n), name)) throw fsErr('EEXIST');
       await this.copyUp(n);
       native.lsetxattr(this.upperPath(n), name, value, flags);
+      n.noXattrs = false;
     });
   }
 

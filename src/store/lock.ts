@@ -2,6 +2,7 @@ import { open, readFile, rename, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
+import { processAlive } from '../common/proc.js';
 
 /**
  * An exclusive lock file that works on NFS: created with O_EXCL (atomic on NFSv3+), holding
@@ -14,15 +15,6 @@ export interface LockHolder {
   pid: number;
   since: string;
   purpose: string;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return isErrno(err, 'EPERM');
-  }
 }
 
 export async function readLockHolder(file: string): Promise<LockHolder | null> {
@@ -59,7 +51,7 @@ export class FileLock {
       const holder = await readLockHolder(file);
       const stale =
         holder !== null &&
-        ((holder.host === me.host && !alive(holder.pid)) ||
+        ((holder.host === me.host && !processAlive(holder.pid)) ||
           (opts.staleAfterMs !== undefined && Date.now() - Date.parse(holder.since) > opts.staleAfterMs));
       if (stale) {
         logger().warn({ file, holder }, 'breaking a stale lock');

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { mkWhiteout, native } from '../../src/common/native.js';
 import { startFuseMount, stopFuseMount, isMounted, type Transport } from '../../src/fuse/index.js';
-import { forceUnmount, run } from './mounts.js';
+import { forceUnmount, run, waitProcessGone } from './mounts.js';
 
 export async function tmpDir(tag: string): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), `layerfs-${tag}-`));
@@ -121,14 +121,7 @@ export async function mountFuse(lowers: string[], mnt: string, upper?: string, w
     stop: async () => {
       await stopFuseMount(mnt).catch(() => undefined);
       await forceUnmount(mnt);
-      for (let i = 0; i < 50; i++) {
-        try {
-          process.kill(pid, 0);
-        } catch {
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await waitProcessGone(pid, 2500);
     },
   };
 }

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { isMounted, parseMountOptions, SERVER_MAIN } from '../../src/fuse/index.js';
-import { forceUnmount } from './mounts.js';
+import { forceUnmount, waitProcessGone } from './mounts.js';
 
 const run = promisify(execFile);
 
@@ -51,14 +51,7 @@ export async function mountWith(t: TransportName, lowers: string[], mnt: string,
     stop: async () => {
       if (await isMounted(mnt)) await run('umount', [mnt]).catch(() => undefined);
       await forceUnmount(mnt);
-      for (let i = 0; pid && i < 100; i++) {
-        try {
-          process.kill(pid, 0);
-        } catch {
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      if (pid) await waitProcessGone(pid, 5000);
     },
   };
 }

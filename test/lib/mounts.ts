@@ -2,6 +2,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
+import { processAlive } from '../../src/common/proc.js';
 
 export const run = promisify(execFile);
 
@@ -20,4 +21,14 @@ export async function forceUnmount(dir: string): Promise<void> {
       if (i >= 3) await run('umount', ['-l', dir]).catch(() => undefined);
     }
   }
+}
+
+/** Waits (up to `ms`) until process `pid` has exited; a zombie waiting for init to reap it counts as exited. */
+export async function waitProcessGone(pid: number, ms = 5000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (processAlive(pid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
 }

@@ -2,6 +2,7 @@ import { statfs } from 'node:fs/promises';
 import { defaultTransport, startFuseMount, stopFuseMount } from '../../fuse/index.js';
 import { unmount } from '../../fuse/mountinfo.js';
 import { logger } from '../../common/log.js';
+import { processAlive } from '../../common/proc.js';
 import type { MountRecord } from '../../index/index.js';
 import { LayeredDriver, type MergeSpec } from '../base.js';
 import type { HostProbe } from '../host.js';
@@ -35,13 +36,13 @@ export class FuseDriver extends LayeredDriver {
   async cleanStale(): Promise<string[]> {
     const out: string[] = [];
     for (const m of await this.index.listMounts()) {
-      if (m.driver !== 'fuse' || !m.pid || pidAlive(m.pid)) continue;
+      if (m.driver !== 'fuse' || !m.pid || processAlive(m.pid)) continue;
       // statfs always reaches the server (stat may be answered from the kernel's attribute cache)
       const code = await statfs(m.mountpoint).then(
         () => null,
         (err: NodeJS.ErrnoException) => err.code ?? null,
       );
-      if (code !== 'ENOTCONN') continue;
+      if (code !== 'ENOTCONN' && code !== 'ECONNABORTED') continue;
       try {
         await unmount(m.mountpoint, { lazy: true });
       } catch (err) {
@@ -53,14 +54,5 @@ export class FuseDriver extends LayeredDriver {
       out.push(m.mountpoint);
     }
     return out;
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -5,6 +5,10 @@
 # usage: scripts/bench-fuse.sh [reps]           (default 3; medians of the reps are printed)
 # env:   LAYERFS_TRANSPORTS="fuse-native direct"  one layerfs column per transport (`layerfs fuse --transport T`;
 #                                                 while the CLI lacks --transport only fuse-native runs)
+#        BENCH_FLOOR=1                            add a column "floor": a minimal fuse-native passthrough (no overlay
+#                                                 logic; scripts/fuse-native-floor.ts, same libfuse options as the
+#                                                 fuse-native transport) over a kernel overlay mount of the same layers:
+#                                                 what libfuse 2.9 and fuse-native's thread handoff cost by themselves
 #        BENCH_ONLY="kernel fuse-overlayfs layerfs-fuse-native"  restrict the columns
 #        BENCH_ROWS="walk readall ..."            restrict the rows (names as printed)
 #        BENCH_KEEP=1                             keep the dataset in /var/tmp/layerfs-bench-fuse for the next run
@@ -32,6 +36,8 @@ transports=${LAYERFS_TRANSPORTS:-fuse-native}
 has_transport_flag=0
 node "$cli" fuse --help 2>/dev/null | grep -q -- '--transport' && has_transport_flag=1
 cols="kernel fuse-overlayfs"
+[ -n "${BENCH_FLOOR:-}" ] && cols="$cols floor"
+floor=$repo/dist/scripts/fuse-native-floor.js
 for t in $transports; do
   if [ "$t" != fuse-native ] && [ $has_transport_flag = 0 ]; then
     echo "note: layerfs fuse has no --transport yet: skipping transport $t" >&2
@@ -46,7 +52,7 @@ want() { [ -z "$rows_wanted" ] || [[ " $rows_wanted " == *" $1 "* ]]; }
 mnt=$D/mnt
 cleanup() {
   set +e
-  for m in "$mnt" "$D"/mnt*; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
+  for m in "$mnt" "$D"/mnt* "$D/floorbase"; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
   [ -n "${BENCH_KEEP:-}" ] || rm -rf "$D"
   rm -rf "$D/run"
 }
@@ -127,6 +133,13 @@ mount_fs() {
   case $who in
     kernel) (cd "$cwd" && mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$mnt") ;;
     fuse-overlayfs) (cd "$cwd" && fuse-overlayfs -o "$o" "$mnt") ;;
+    floor)
+      mkdir -p "$D/floorbase"
+      (cd "$cwd" && mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$D/floorbase")
+      node "$floor" "$D/floorbase" "$mnt" >"$D/run/floor.out" 2>&1 &
+      for _ in $(seq 1 100); do grep -q ready "$D/run/floor.out" 2>/dev/null && break; sleep 0.05; done
+      srv_pid=$(pgrep -f -- "fuse-native-floor.js .*$mnt\$" | head -n 1 || true)
+      ;;
     layerfs-*)
       local t=${who#layerfs-} flag=()
       [ $has_transport_flag = 1 ] && flag=(--transport "$t")
@@ -138,10 +151,14 @@ mount_fs() {
 unmount_fs() {
   if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
     local kb; kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$srv_pid/status")
-    ((kb > peak_rss)) && peak_rss=$kb
+    [[ $srv_who == layerfs-* ]] && ((kb > peak_rss)) && peak_rss=$kb
     ((kb > ${peak_by[$srv_who]:-0})) && peak_by[$srv_who]=$kb
   fi
   umount "$mnt" 2>/dev/null || umount -l "$mnt"
+  if [ "$srv_who" = floor ]; then
+    for _ in $(seq 1 100); do pgrep -f "fuse-native-floor.js .*$mnt\$" >/dev/null || break; sleep 0.05; done
+    umount "$D/floorbase" 2>/dev/null || umount -l "$D/floorbase"
+  fi
   if [ -n "$srv_pid" ]; then for _ in $(seq 1 100); do kill -0 "$srv_pid" 2>/dev/null || break; sleep 0.05; done; fi
   for _ in $(seq 1 100); do pgrep -f "fuse-overlayfs .*$mnt\$" >/dev/null || break; sleep 0.05; done
 }

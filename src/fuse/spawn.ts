@@ -23,7 +23,9 @@ export async function spawnServer(args: string[], opts: { timeoutMs?: number } =
   const errFd = logFile ? openSync(logFile, 'a') : 'ignore';
   let child;
   try {
-    child = spawn(process.execPath, [SERVER_MAIN, '-f', '--ready-fd', '3', ...args], {
+    // LAYERFS_FUSE_NODE_ARGS: extra node flags for the server process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
+    const nodeArgs = (process.env.LAYERFS_FUSE_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+    child = spawn(process.execPath, [...nodeArgs, SERVER_MAIN, '-f', '--ready-fd', '3', ...args], {
       detached: true,
       // the direct transport's reads of /dev/fuse wait on libuv's pool: give it room (read at process start only)
       env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(SERVER_POOL_SIZE) },

@@ -4,6 +4,9 @@
  * FUSE xattr ops), and renameat2 (RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT).
  * Every function is synchronous and throws an Error carrying `code` (e.g. "ENODATA")
  * and `errno`, like Node's own fs errors.
+ * For the direct FUSE transport also a readiness watcher on a file descriptor (a libuv poll handle on the JS
+ * thread's loop) and a read that returns -errno instead of throwing: /dev/fuse is read on the JS thread when it
+ * is readable, with no threadpool thread and no thread switch between the kernel and the code that answers.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -18,6 +21,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <uv.h>
 
 #define PATH_BUF 4352
 #define NAME_BUF 512
@@ -218,6 +222,106 @@ static napi_value n_dtype_supported(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---- fd readiness on the JS thread's loop (direct FUSE transport) ---- */
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref cb;
+  napi_async_context ctx;
+  int closing;
+} fd_watch;
+
+static void watch_closed(uv_handle_t *h) {
+  fd_watch *w = (fd_watch *)h->data;
+  free(w);
+}
+
+static void watch_fired(uv_poll_t *h, int status, int events) {
+  fd_watch *w = (fd_watch *)h->data;
+  if (w->closing) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, recv, arg, result;
+  napi_get_reference_value(env, w->cb, &cb);
+  napi_get_global(env, &recv); /* make_callback needs an object as `this` */
+  napi_create_int32(env, status, &arg);
+  /* make_callback: microtasks (promise reactions: the replies) run when the callback returns */
+  if (napi_make_callback(env, w->ctx, recv, cb, 1, &arg, &result) == napi_pending_exception) {
+    napi_value err; /* a throw in the callback: the process's uncaughtException, as for any other callback */
+    napi_get_and_clear_last_exception(env, &err);
+    napi_fatal_exception(env, err);
+  }
+  napi_close_handle_scope(env, scope);
+  (void)events;
+}
+
+/* watchReadable(fd, cb(status)) -> handle: cb runs on the JS thread whenever fd is readable. */
+static napi_value n_watch_readable(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected an fd");
+    return NULL;
+  }
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) {
+    napi_throw_error(env, NULL, "no event loop");
+    return NULL;
+  }
+  fd_watch *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "watchReadable", NULL);
+  w->env = env;
+  napi_create_reference(env, argv[1], 1, &w->cb);
+  napi_value name;
+  napi_create_string_utf8(env, "layerfs:fuse", NAPI_AUTO_LENGTH, &name);
+  napi_async_init(env, NULL, name, &w->ctx);
+  int r = uv_poll_init(loop, &w->poll, fd);
+  if (r == 0) {
+    w->poll.data = w;
+    r = uv_poll_start(&w->poll, UV_READABLE, watch_fired);
+  }
+  if (r != 0) {
+    napi_delete_reference(env, w->cb);
+    napi_async_destroy(env, w->ctx);
+    free(w);
+    return throw_errno(env, -r, "uv_poll", NULL);
+  }
+  napi_value ext;
+  napi_create_external(env, w, NULL, NULL, &ext);
+  return ext;
+}
+
+/* unwatch(handle): stop and free a watcher (once). */
+static napi_value n_unwatch(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  fd_watch *w;
+  if (napi_get_value_external(env, argv[0], (void **)&w) != napi_ok || !w || w->closing) return NULL;
+  w->closing = 1;
+  uv_poll_stop(&w->poll);
+  napi_delete_reference(env, w->cb);
+  napi_async_destroy(env, w->ctx);
+  uv_close((uv_handle_t *)&w->poll, watch_closed);
+  return NULL;
+}
+
+/* readNonblock(fd, buf) -> bytes read, or -errno (EAGAIN: nothing to read now). Never throws on I/O errors. */
+static napi_value n_read_nonblock(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  void *data;
+  size_t len;
+  if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (fd, buffer)");
+    return NULL;
+  }
+  ssize_t n;
+  do n = read(fd, data, len); while (n < 0 && errno == EINTR);
+  napi_value out;
+  napi_create_int64(env, n < 0 ? -errno : n, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"mknod", NULL, n_mknod, NULL, NULL, NULL, napi_default, NULL},
@@ -227,6 +331,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"lremovexattr", NULL, n_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
     {"renameat2", NULL, n_renameat2, NULL, NULL, NULL, napi_default, NULL},
     {"dtypeSupported", NULL, n_dtype_supported, NULL, NULL, NULL, napi_default, NULL},
+    {"watchReadable", NULL, n_watch_readable, NULL, NULL, NULL, napi_default, NULL},
+    {"unwatch", NULL, n_unwatch, NULL, NULL, NULL, napi_default, NULL},
+    {"readNonblock", NULL, n_read_nonblock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

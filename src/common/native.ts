@@ -13,6 +13,11 @@ export interface Native {
   renameat2(from: string, to: string, flags: number): void;
   /** Whether readdir reports entry types in `dir` (which must hold at least one entry). */
   dtypeSupported(dir: string): boolean;
+  /** Calls cb on the JS thread whenever fd is readable (a libuv poll handle); returns the watcher for unwatch. */
+  watchReadable(fd: number, cb: (status: number) => void): unknown;
+  unwatch(watcher: unknown): void;
+  /** read(2) into buf: the byte count, or -errno (-EAGAIN on a non-blocking fd with nothing to read). */
+  readNonblock(fd: number, buf: Buffer): number;
 }
 
 export const RENAME_NOREPLACE = 1;

@@ -2,17 +2,21 @@
  * The direct transport: the kernel's FUSE protocol spoken over /dev/fuse from this process, no libfuse.
  *
  *  - mount: /dev/fuse opened here, mount(8) run with it as its fd 3 (`-o fd=3,...`); the kernel then queues FUSE_INIT.
- *  - requests are read on the libuv threadpool (`fs.read`, several outstanding; each read returns one request), decoded
- *    and handed to the overlay core with the caller's uid/gid; many requests are in flight at once (the core is async).
+ *  - requests are read on the JS thread: /dev/fuse is non-blocking and watched by a libuv poll handle (our addon), and
+ *    each time it is readable the queued requests are read, decoded and handed to the overlay core with the caller's
+ *    uid/gid; many requests are in flight at once (the core is async). No threadpool thread sits between the kernel
+ *    and the answer, which saves a thread switch per request. LAYERFS_FUSE_READ=threadpool reads on the libuv
+ *    threadpool instead (`fs.read`, several outstanding: the first design, kept for comparison).
  *  - replies are written synchronously (one writev of header + payload: the kernel consumes it at once).
  *  - node ids are the core's inode numbers (root = 1), so hardlinks share one kernel inode; lookup counts are kept
  *    per node id so FORGET can drop them (the core keeps its nodes for the life of the mount: see nodeCount()).
  *  - the read loop ends on ENODEV (unmounted or connection aborted).
  */
 import { spawn } from 'node:child_process';
-import { closeSync, fstatSync, openSync, read, writevSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, read, writevSync } from 'node:fs';
 import { constants as osc } from 'node:os';
 import type { Logger } from 'pino';
+import { native } from '../../../common/native.js';
 import { errnoOf, fsErr } from '../../core/errors.js';
 import type { DirEntry, Node, NodeStat } from '../../core/node.js';
 import { ROOT_ID, type Overlay } from '../../core/overlay.js';
@@ -128,7 +132,8 @@ export class DirectTransport {
 
   /** Mount and wait for FUSE_INIT to be answered (the mount is usable). */
   async mount(): Promise<void> {
-    this.fd = openSync('/dev/fuse', 'r+');
+    const polled = process.env.LAYERFS_FUSE_READ !== 'threadpool';
+    this.fd = openSync('/dev/fuse', fsc.O_RDWR | (polled ? fsc.O_NONBLOCK : 0));
     const st = fstatSync(this.fd);
     void st;
     const o = [
@@ -161,8 +166,12 @@ export class DirectTransport {
       this.initDone = res;
       this.initFailed = rej;
     });
-    const readers = this.opts.readers ?? readersFor();
-    for (let i = 0; i < readers; i++) this.readLoop();
+    if (polled) {
+      this.pollLoop();
+    } else {
+      const readers = this.opts.readers ?? readersFor();
+      for (let i = 0; i < readers; i++) this.readLoop();
+    }
     await init;
   }
 
@@ -177,6 +186,47 @@ export class DirectTransport {
 
   private putBuf(b: Buffer): void {
     if (this.pool.length < 16) this.pool.push(b);
+  }
+
+  /** Requests read per wake-up at most (the loop then polls again, so timers and replies are not starved). */
+  private static readonly BATCH = 32;
+
+  /** Read requests on the JS thread whenever /dev/fuse is readable (the fd is non-blocking). */
+  private pollLoop(): void {
+    this.readersRunning++;
+    const EAGAIN = osc.errno.EAGAIN;
+    let watcher: unknown = null;
+    const end = (why: string) => {
+      if (watcher !== null) native.unwatch(watcher);
+      watcher = null;
+      this.stopped = true;
+      this.readerEnd(why);
+    };
+    const drain = () => {
+      for (let i = 0; i < DirectTransport.BATCH; i++) {
+        if (this.stopped) return end('stopped');
+        const buf = this.getBuf();
+        const n = native.readNonblock(this.fd, buf);
+        if (n >= 0) {
+          this.handle(buf, n);
+          continue;
+        }
+        this.putBuf(buf);
+        const e = -n;
+        if (e === EAGAIN) return;
+        if (e === osc.errno.ENOENT || e === osc.errno.EINTR) continue; // a request aborted while queued
+        if (e !== ENODEV) this.log.warn({ errno: e }, 'fuse: read /dev/fuse failed');
+        this.initFailed?.(new Error(`fuse: /dev/fuse: errno ${e}`));
+        return end(e === ENODEV ? 'unmounted' : `read error ${e}`);
+      }
+    };
+    watcher = native.watchReadable(this.fd, (status) => {
+      drain(); // after an unmount the fd polls as an error and the read says ENODEV
+      if (status < 0 && !this.stopped) {
+        this.log.warn({ status }, 'fuse: poll /dev/fuse failed');
+        end(`poll error ${status}`);
+      }
+    });
   }
 
   private readLoop(): void {

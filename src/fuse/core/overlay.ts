@@ -178,6 +178,11 @@ export class Overlay implements CopyUpHost {
     for (const k of n.keys) if (this.byKey.get(k) === n) this.byKey.delete(k);
   }
 
+  /** Whether node `id` is in the table (forget may have dropped it). */
+  known(id: number): boolean {
+    return this.nodes.has(id);
+  }
+
   /** Nodes in the table (for memory checks). */
   get nodeCount(): number {
     return this.nodes.size;

@@ -9,7 +9,8 @@
  *    threadpool instead (`fs.read`, several outstanding: the first design, kept for comparison).
  *  - replies are written synchronously (one writev of header + payload: the kernel consumes it at once).
  *  - node ids are the core's inode numbers (root = 1), so hardlinks share one kernel inode; lookup counts are kept
- *    per node id so FORGET can drop them (the core keeps its nodes for the life of the mount: see nodeCount()).
+ *    per node id, and when FORGET brings one to 0 the core may drop the node (those it can rebuild with the same
+ *    number: see Overlay.forget), so memory follows what the kernel caches.
  *  - the read loop ends on ENODEV (unmounted or connection aborted).
  */
 import { spawn } from 'node:child_process';
@@ -104,6 +105,8 @@ export class DirectTransport {
   private readonly pool: Buffer[] = [];
   /** node id -> kernel lookup count */
   private readonly nlookup = new Map<number, number>();
+  /** Node ids whose lookup count reached 0, handed to the core's forget on the next turn of the loop. */
+  private evictQueue: number[] = [];
   private readonly dirs = new Map<number, DirHandle>();
   private nextDirFh = 1;
   private readonly inflight = new Map<bigint, InFlight>();
@@ -292,14 +295,34 @@ export class DirectTransport {
 
   private forget(id: number, n: number): void {
     const c = (this.nlookup.get(id) ?? 0) - n;
-    if (c <= 0) this.nlookup.delete(id);
-    else this.nlookup.set(id, c);
+    if (c > 0) {
+      this.nlookup.set(id, c);
+      return;
+    }
+    this.nlookup.delete(id);
+    // the core may drop the node (memory returns to baseline after a FORGET storm); not at once: a LOOKUP read in
+    // the same wake-up may be about to hand the node out again (it takes its reference before any I/O)
+    this.evictQueue.push(id);
+    if (this.evictQueue.length === 1) setImmediate(() => this.evict());
+  }
+
+  private evict(): void {
+    const q = this.evictQueue;
+    this.evictQueue = [];
+    for (const id of q) if (!this.nlookup.has(id)) this.core.forget(id);
   }
 
   private async entry(n: Node): Promise<Buffer> {
-    const st = await this.core.getattr(n.ino);
-    this.ref(n.ino);
-    return entryOut(n.ino, st, this.entryTimeout, this.attrTimeout);
+    this.ref(n.ino); // before the await: a FORGET handled meanwhile must not let the core drop n
+    try {
+      const st = await this.core.getattr(n.ino);
+      return entryOut(n.ino, st, this.entryTimeout, this.attrTimeout);
+    } catch (err) {
+      const c = (this.nlookup.get(n.ino) ?? 0) - 1;
+      if (c > 0) this.nlookup.set(n.ino, c);
+      else this.nlookup.delete(n.ino);
+      throw err;
+    }
   }
 
   // ---- dispatch ---------------------------------------------------------------------------------------------
@@ -695,8 +718,10 @@ export class DirectTransport {
       let type = e ? dtype(TYPE_MODE[e.kind]) : 4;
       if (st && dtype(st.mode) !== 0) type = dtype(st.mode);
       if (plus) {
-        writeEntry(out, pos, st ? ino : 0, st, this.entryTimeout, this.attrTimeout);
-        if (st) this.ref(ino);
+        // a node the core dropped while the attributes were read (FORGET) is not handed out: the kernel looks it up
+        const give = st !== null && this.core.known(ino);
+        writeEntry(out, pos, give ? ino : 0, give ? st : null, this.entryTimeout, this.attrTimeout);
+        if (give) this.ref(ino);
         pos += ENTRY_OUT;
       }
       pos = writeDirent(out, pos, ino, i + 1, name, type);

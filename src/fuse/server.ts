@@ -59,27 +59,32 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     finish();
   };
 
-  if (kind === 'direct') {
-    const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
-    await t.mount();
-    requests = () => t.stats.requests;
-    // SIGUSR2: append what the kernel holds (lookup counts) and our RSS to LAYERFS_FUSE_STATS (tests, benchmarks)
+  // SIGUSR2: append requests, CPU, RSS (and, direct, what the kernel holds) to LAYERFS_FUSE_STATS (tests, benchmarks)
+  const onStats = (extra: () => Record<string, unknown>) =>
     process.on('SIGUSR2', () => {
       const file = process.env.LAYERFS_FUSE_STATS;
       if (!file) return;
       const m = process.memoryUsage();
+      const u = process.cpuUsage();
       try {
-        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: t.stats.requests, interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), coreNodes: (core as unknown as { nodes?: Map<number, unknown> }).nodes?.size ?? null, rss: m.rss, heapUsed: m.heapUsed }) + '\n');
+        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: requests(), cpuUs: u.user + u.system, ...extra(), coreNodes: core.nodeCount, rss: m.rss, heapUsed: m.heapUsed }) + '\n');
       } catch {
         // best effort
       }
     });
+
+  if (kind === 'direct') {
+    const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
+    await t.mount();
+    requests = () => t.stats.requests;
+    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount() }));
     // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
     void t.ended.then((why) => end(why));
   } else {
     const t = new FuseNativeTransport(core, common, log);
     await t.mount();
     requests = () => t.requests;
+    onStats(() => ({}));
     // the libfuse loop runs on its own thread: watch the mount table to learn that the mount is gone
     let seen = true; // mount() resolved: it is mounted (an unmount may come before the first poll)
     timer = setInterval(() => {

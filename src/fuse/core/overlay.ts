@@ -969,10 +969,6 @@ export class Overlay implements CopyUpHost {
     else await fsyncAsync(h.fd);
   }
 
-  async flush(fh: number): Promise<void> {
-    this.handle(fh);
-  }
-
   async release(fh: number): Promise<void> {
     const h = this.handles.get(fh);
     if (!h) return;

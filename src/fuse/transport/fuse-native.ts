@@ -173,7 +173,8 @@ export class FuseNativeTransport {
         }, (fh) => [0, fh]),
       read: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => this.run('read', cb, () => c.read(fh, buf, len, pos), (n) => [n]),
       write: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => this.run('write', cb, () => c.write(fh, buf, len, pos), (n) => [n]),
-      flush: (_p: string, fh: number, cb: Cb) => this.run('flush', cb, () => c.flush(fh), ok0),
+      // no flush op: libfuse answers FLUSH with ENOSYS and the kernel stops sending it (nothing to flush here:
+      // writes reach the backing file at once), one round trip less on every close
       fsync: (_p: string, datasync: number, fh: number, cb: Cb) => this.run('fsync', cb, () => c.fsync(fh, datasync !== 0), ok0),
       release: (_p: string, fh: number, cb: Cb) => this.run('release', cb, () => c.release(fh), ok0),
       truncate: (p: string, size: number, cb: Cb) => this.run('truncate', cb, async () => c.truncate(await this.resolve(p), size), ok0),

@@ -54,7 +54,6 @@ const ops = {
   create: (p: string, mode: number, cb: Cb) => sys(cb, () => fs.openSync(P(p), fs.constants.O_CREAT | fs.constants.O_RDWR | fs.constants.O_EXCL, mode), (fd) => [0, fd]),
   read: (_p: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => sys(cb, () => fs.readSync(fd, buf, 0, len, pos), (n) => [n]),
   write: (_p: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) => sys(cb, () => fs.writeSync(fd, buf, 0, len, pos), (n) => [n]),
-  flush: (_p: string, _fd: number, cb: Cb) => cb(0),
   fsync: (_p: string, _d: number, fd: number, cb: Cb) => sys(cb, () => fs.fsyncSync(fd)),
   release: (_p: string, fd: number, cb: Cb) => sys(cb, () => fs.closeSync(fd)),
   truncate: (p: string, size: number, cb: Cb) => sys(cb, () => fs.truncateSync(P(p), size)),

@@ -119,6 +119,8 @@ srv_pid=""
 srv_who=""
 peak_rss=0
 declare -A peak_by=()
+# kmount CWD OPTS TARGET: a kernel overlay mount, run from CWD (the deep stack's lowers are relative)
+kmount() { (cd "$1" && mount -t overlay overlay -o "$2,index=off,redirect_dir=off,metacopy=off" "$3"); }
 mount_fs() {
   local who=$1 stack=$2 lowers cwd=$D
   case $stack in
@@ -131,11 +133,11 @@ mount_fs() {
   srv_pid=""
   srv_who=$who
   case $who in
-    kernel) (cd "$cwd" && mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$mnt") ;;
+    kernel) kmount "$cwd" "$o" "$mnt" ;;
     fuse-overlayfs) (cd "$cwd" && fuse-overlayfs -o "$o" "$mnt") ;;
     floor)
       mkdir -p "$D/floorbase"
-      (cd "$cwd" && mount -t overlay overlay -o "$o,index=off,redirect_dir=off,metacopy=off" "$D/floorbase")
+      kmount "$cwd" "$o" "$D/floorbase"
       node "$floor" "$D/floorbase" "$mnt" >"$D/run/floor.out" 2>&1 &
       for _ in $(seq 1 100); do grep -q ready "$D/run/floor.out" 2>/dev/null && break; sleep 0.05; done
       srv_pid=$(pgrep -f -- "fuse-native-floor.js .*$mnt\$" | head -n 1 || true)

@@ -6,22 +6,15 @@
  *
  *   node fuse-native-floor.js BACKING MNT [attr_timeout]     (foreground; SIGTERM or `umount MNT` ends it)
  *
- * The libfuse options are the fuse-native transport's own (use_ino, entry_timeout=60, attr_timeout=0 unless given,
- * big_writes, max_write=131072, auto_cache), so the floor is measured under the same kernel caching.
+ * The libfuse options are the fuse-native transport's own (its libfuseOptions: use_ino, entry_timeout=60,
+ * attr_timeout=0 unless given, big_writes, max_write=131072, auto_cache), so the floor is measured under the same
+ * kernel caching.
  */
 import * as fs from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
+import { fuseNativeWith, libfuseOptions } from '../src/fuse/transport/fuse-native.js';
 
-const require = createRequire(import.meta.url);
 type Cb = (...args: unknown[]) => void;
-interface FuseCtor {
-  new (mnt: string, ops: Record<string, unknown>, opts: Record<string, unknown>): {
-    mount(cb: (err: Error | null) => void): void;
-    unmount(cb: (err: Error | null) => void): void;
-    _fuseOptions(): string;
-  };
-}
 
 const [backing, mnt, attrArg] = process.argv.slice(2);
 if (!backing || !mnt) {
@@ -71,14 +64,7 @@ const ops = {
     sys(cb, () => fs.statfsSync(backing), (s) => [0, { bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: 0, namemax: 255 }]),
 };
 
-const Fuse = require('fuse-native') as FuseCtor;
-const extra = ['use_ino', 'auto_cache', 'big_writes', 'max_write=131072', 'entry_timeout=60', 'negative_timeout=60', `attr_timeout=${attrArg ?? 0}`, 'dev', 'suid'];
-class Floor extends Fuse {
-  override _fuseOptions(): string {
-    const base = super._fuseOptions();
-    return base ? `${base},${extra.join(',')}` : `-o${extra.join(',')}`;
-  }
-}
+const Floor = fuseNativeWith(libfuseOptions({ attrTimeout: attrArg === undefined ? 0 : Number(attrArg) }));
 const fuse = new Floor(mnt, ops, { timeout: false, allowOther: true, defaultPermissions: true, fsname: 'floor' });
 fuse.mount((err) => {
   if (err) {

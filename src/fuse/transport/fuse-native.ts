@@ -18,10 +18,10 @@ const require = createRequire(import.meta.url);
 
 type Cb = (...args: unknown[]) => void;
 
-interface FuseNativeCtor {
+export interface FuseNativeCtor {
   new (mnt: string, ops: Record<string, unknown>, opts: Record<string, unknown>): FuseNativeInstance;
 }
-interface FuseNativeInstance {
+export interface FuseNativeInstance {
   mount(cb: (err: Error | null) => void): void;
   unmount(cb: (err: Error | null) => void): void;
   _fuseOptions(): string;
@@ -70,6 +70,28 @@ function splitPath(p: string): [string, string] {
 
 function isLibfuseHidden(name: string): boolean {
   return name.startsWith('.fuse_hidden');
+}
+
+/** The libfuse -o options of this transport (also used by scripts/fuse-native-floor.ts, to measure under the same). */
+export function libfuseOptions(opts: Pick<FuseNativeOptions, 'entryTimeout' | 'attrTimeout' | 'readonly' | 'extraOptions'>): string[] {
+  const entry = opts.entryTimeout ?? 60;
+  const attr = opts.attrTimeout ?? 0;
+  const o = ['use_ino', 'auto_cache', 'big_writes', 'max_write=131072', `entry_timeout=${entry}`, `negative_timeout=${entry}`, `attr_timeout=${attr}`, 'subtype=layerfs'];
+  if (opts.readonly) o.push('ro');
+  // a container rootfs needs its device nodes and set-id programs (libfuse mounts nodev,nosuid otherwise)
+  if (process.getuid?.() === 0) o.push('dev', 'suid');
+  return [...o, ...(opts.extraOptions ?? [])];
+}
+
+/** fuse-native's class with `extra` added to the fixed -o string it builds (it has no way to pass options). */
+export function fuseNativeWith(extra: string[]): FuseNativeCtor {
+  const Fuse = require('fuse-native') as FuseNativeCtor;
+  return class extends Fuse {
+    override _fuseOptions(): string {
+      const base = super._fuseOptions();
+      return base ? `${base},${extra.join(',')}` : `-o${extra.join(',')}`;
+    }
+  };
 }
 
 export class FuseNativeTransport {
@@ -238,36 +260,9 @@ export class FuseNativeTransport {
     };
   }
 
-  private libfuseOptions(): string[] {
-    const entry = this.opts.entryTimeout ?? 60;
-    const attr = this.opts.attrTimeout ?? 0;
-    const o = [
-      'use_ino',
-      'auto_cache',
-      'big_writes',
-      'max_write=131072',
-      `entry_timeout=${entry}`,
-      `negative_timeout=${entry}`,
-      `attr_timeout=${attr}`,
-      'subtype=layerfs',
-    ];
-    if (this.opts.readonly) o.push('ro');
-    // a container rootfs needs its device nodes and set-id programs (libfuse mounts nodev,nosuid otherwise)
-    if (process.getuid?.() === 0) o.push('dev', 'suid');
-    return [...o, ...(this.opts.extraOptions ?? [])];
-  }
-
   /** Mount; resolves once the kernel has sent FUSE_INIT (the mount is usable). */
   async mount(): Promise<void> {
-    const Fuse = require('fuse-native') as FuseNativeCtor;
-    const extra = this.libfuseOptions();
-    // fuse-native has a fixed option list: add ours (use_ino, cache timeouts, ...) to the -o string it builds
-    class LayerFuse extends Fuse {
-      override _fuseOptions(): string {
-        const base = super._fuseOptions();
-        return base ? `${base},${extra.join(',')}` : `-o${extra.join(',')}`;
-      }
-    }
+    const LayerFuse = fuseNativeWith(libfuseOptions(this.opts));
     const fuse = new LayerFuse(this.opts.mountpoint, this.ops(), {
       // copy-up of a big file answers an open/setattr late: no request timeout at all
       timeout: false,

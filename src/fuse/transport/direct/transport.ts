@@ -293,13 +293,16 @@ export class DirectTransport {
     this.nlookup.set(id, (this.nlookup.get(id) ?? 0) + n);
   }
 
-  private forget(id: number, n: number): void {
+  /** Drop n of the kernel's lookups of id; returns what is left. */
+  private unref(id: number, n: number): number {
     const c = (this.nlookup.get(id) ?? 0) - n;
-    if (c > 0) {
-      this.nlookup.set(id, c);
-      return;
-    }
-    this.nlookup.delete(id);
+    if (c > 0) this.nlookup.set(id, c);
+    else this.nlookup.delete(id);
+    return c;
+  }
+
+  private forget(id: number, n: number): void {
+    if (this.unref(id, n) > 0) return;
     // the core may drop the node (memory returns to baseline after a FORGET storm); not at once: a LOOKUP read in
     // the same wake-up may be about to hand the node out again (it takes its reference before any I/O)
     this.evictQueue.push(id);
@@ -318,9 +321,7 @@ export class DirectTransport {
       const st = await this.core.getattr(n.ino);
       return entryOut(n.ino, st, this.entryTimeout, this.attrTimeout);
     } catch (err) {
-      const c = (this.nlookup.get(n.ino) ?? 0) - 1;
-      if (c > 0) this.nlookup.set(n.ino, c);
-      else this.nlookup.delete(n.ino);
+      this.unref(n.ino, 1); // never handed out: no FORGET will come for it
       throw err;
     }
   }

@@ -52,9 +52,9 @@ want() { [ -z "$rows_wanted" ] || [[ " $rows_wanted " == *" $1 "* ]]; }
 mnt=$D/mnt
 cleanup() {
   set +e
-  for m in "$mnt" "$D"/mnt* "$D/floorbase"; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
+  for m in "$mnt" "$D"/mnt* "$D/floorbase" "$D/run"; do mountpoint -q "$m" 2>/dev/null && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
   [ -n "${BENCH_KEEP:-}" ] || rm -rf "$D"
-  rm -rf "$D/run"
+  rm -rf "$D/run" "$D/upper.img"
 }
 trap cleanup EXIT INT TERM
 
@@ -114,6 +114,18 @@ echo "dataset: base $base_entries entries ${base_mb} MB; changes $(find "$D/chan
 deep_lowers=$(for l in $(seq -w 0 99); do printf 'l%s:' "$l"; done); deep_lowers=${deep_lowers%:}
 
 # ---- mounting -----------------------------------------------------------------------------------------------
+# Every mount gets its upper and work dirs on a fresh ext4 (a loop device, 4 GiB sparse): the same empty filesystem
+# for every column. On a long-lived root fs, creating files costs 5 to 400 us depending on where ext4 places the new
+# directory (seen here: 6 us in one dir, 350 us in its sibling made a second later), which swamps the differences
+# the create/rename/tar rows are meant to show. BENCH_UPPER_LOOP=0: plain dirs under $D/run instead.
+fresh_upper() {
+  if mountpoint -q "$D/run"; then umount "$D/run" 2>/dev/null || umount -l "$D/run"; fi
+  rm -rf "$D/run"; mkdir -p "$D/run"
+  [ "${BENCH_UPPER_LOOP:-1}" = 1 ] || return 0
+  rm -f "$D/upper.img"; truncate -s 4G "$D/upper.img"
+  if mkfs.ext4 -q -F "$D/upper.img" && mount -o loop "$D/upper.img" "$D/run"; then return 0; fi
+  echo "bench-fuse: no loop ext4 for the upper; using plain dirs (create rows get noisy)" >&2
+}
 # mount_fs WHO STACK [rw]: a fresh mount at $mnt of STACK (main|big|deep) with a fresh upper
 srv_pid=""
 srv_who=""
@@ -128,7 +140,8 @@ mount_fs() {
     big) lowers=big ;;
     deep) lowers=$deep_lowers; cwd=$D/deep ;;
   esac
-  rm -rf "$D/run"; mkdir -p "$D/run/upper" "$D/run/work" "$mnt"
+  fresh_upper
+  mkdir -p "$D/run/upper" "$D/run/work" "$mnt"
   local o="lowerdir=$lowers,upperdir=$D/run/upper,workdir=$D/run/work"
   srv_pid=""
   srv_who=$who
@@ -163,6 +176,7 @@ unmount_fs() {
   fi
   if [ -n "$srv_pid" ]; then for _ in $(seq 1 100); do kill -0 "$srv_pid" 2>/dev/null || break; sleep 0.05; done; fi
   for _ in $(seq 1 100); do pgrep -f "fuse-overlayfs .*$mnt\$" >/dev/null || break; sleep 0.05; done
+  if mountpoint -q "$D/run"; then umount "$D/run" 2>/dev/null || umount -l "$D/run"; fi
 }
 
 results=$D/results.txt

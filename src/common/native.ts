@@ -14,7 +14,7 @@ export interface Native {
   /** Whether readdir reports entry types in `dir` (which must hold at least one entry). */
   dtypeSupported(dir: string): boolean;
   /** Calls cb on the JS thread whenever fd is readable (a libuv poll handle); returns the watcher for unwatch. */
-  watchReadable(fd: number, cb: (status: number) => void): unknown;
+  watchReadable(fd: number, cb: (status: number) => void, spinUs?: number, busy?: Int32Array): unknown;
   unwatch(watcher: unknown): void;
   /** read(2) into buf: the byte count, or -errno (-EAGAIN on a non-blocking fd with nothing to read). */
   readNonblock(fd: number, buf: Buffer): number;

@@ -8,6 +8,7 @@ import { logger } from '../common/log.js';
 import { Overlay } from './core/overlay.js';
 import { isMounted, unmount } from './mountinfo.js';
 import { defaultTransport, type MountConfig } from './options.js';
+import { opNames } from './transport/direct/proto.js';
 import { DirectTransport } from './transport/direct/transport.js';
 import { FuseNativeTransport } from './transport/fuse-native.js';
 
@@ -77,7 +78,7 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
     await t.mount();
     requests = () => t.stats.requests;
-    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount() }));
+    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), byOp: opNames(t.stats.byOp) }));
     // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
     void t.ended.then((why) => end(why));
   } else {

@@ -15,7 +15,7 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsc, fstatSync, openSync, read, writevSync } from 'node:fs';
-import { constants as osc } from 'node:os';
+import { availableParallelism, constants as osc } from 'node:os';
 import type { Logger } from 'pino';
 import { native } from '../../../common/native.js';
 import { errnoOf, fsErr } from '../../core/errors.js';
@@ -63,6 +63,22 @@ export interface DirectOptions {
   readers?: number;
   /** Largest write the kernel may send (and read it may ask for). */
   maxWrite?: number;
+  /** After answering, poll /dev/fuse this many microseconds before sleeping (see defaultSpinUs). */
+  spinUs?: number;
+}
+
+/**
+ * How long the read loop keeps polling /dev/fuse after a wake-up before it sleeps again. A caller's next request
+ * mostly follows its reply within tens of microseconds; sleeping in between costs a sleep and a wake-up of this
+ * process, which on the VMs measured here is most of a request's round trip. Polling 50 us: 10k creates 3.3 -> 1.9 s,
+ * warm `find` of 48k entries 0.49 -> 0.22 s, 20k-file tar extract 23 -> 12 s (bench-fuse), with no more CPU in all
+ * (the polling replaces scheduler work). Idle, it costs at most 50 us per burst of requests. One CPU: no polling
+ * (the caller could not run meanwhile). LAYERFS_FUSE_SPIN_US overrides.
+ */
+export function defaultSpinUs(): number {
+  const env = process.env.LAYERFS_FUSE_SPIN_US;
+  if (env !== undefined && env !== '' && Number.isFinite(Number(env))) return Math.max(0, Math.min(10_000, Number(env)));
+  return availableParallelism() > 1 ? 50 : 0;
 }
 
 export interface TransportStats {
@@ -110,6 +126,9 @@ export class DirectTransport {
   private readonly dirs = new Map<number, DirHandle>();
   private nextDirFh = 1;
   private readonly inflight = new Map<bigint, InFlight>();
+  /** [0] = requests in flight, read by the poll loop's native side: it polls before sleeping only when 0 (otherwise
+   *  a threadpool completion is due, and polling would delay it). */
+  private readonly busy = new Int32Array(1);
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
   private readersRunning = 0;
@@ -223,13 +242,14 @@ export class DirectTransport {
         return end(e === ENODEV ? 'unmounted' : `read error ${e}`);
       }
     };
+    const spin = this.opts.spinUs ?? defaultSpinUs();
     watcher = native.watchReadable(this.fd, (status) => {
       drain(); // after an unmount the fd polls as an error and the read says ENODEV
       if (status < 0 && !this.stopped) {
         this.log.warn({ status }, 'fuse: poll /dev/fuse failed');
         end(`poll error ${status}`);
       }
-    });
+    }, spin, this.busy);
   }
 
   private readLoop(): void {
@@ -335,7 +355,7 @@ export class DirectTransport {
     }
     const h = readHeader(buf);
     this.stats.requests++;
-    if (this.opts.debug) this.stats.byOp[h.opcode] = (this.stats.byOp[h.opcode] ?? 0) + 1;
+    this.stats.byOp[h.opcode] = (this.stats.byOp[h.opcode] ?? 0) + 1;
     const end = Math.min(n, h.len);
     // no-reply ops first
     switch (h.opcode) {
@@ -358,6 +378,7 @@ export class DirectTransport {
     }
     const fl: InFlight = { opcode: h.opcode, interrupted: false };
     this.inflight.set(h.unique, fl);
+    this.busy[0] = this.inflight.size;
     // WRITE and SETXATTR keep their request buffer until done; everything else decodes what it needs up front
     const keep = h.opcode === Op.WRITE || h.opcode === Op.SETXATTR;
     let p: Promise<Reply>;
@@ -370,11 +391,13 @@ export class DirectTransport {
     p.then(
       (r) => {
         this.inflight.delete(h.unique);
+        this.busy[0] = this.inflight.size;
         if (fl.interrupted) return this.dropLate(h, r);
         this.send(h.unique, 0, r.payload);
       },
       (err: unknown) => {
         this.inflight.delete(h.unique);
+        this.busy[0] = this.inflight.size;
         if (fl.interrupted) return;
         const e = errnoOf(err);
         if (e === osc.errno.EIO) this.log.warn({ err, op: h.opcode }, 'fuse op failed');

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFile, spawn } from 'node:child_process';
-import { chmod, mkdir, open, readdir, readFile, rm, stat, statfs, lstat, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, mkdir, open, readdir, readFile, rm, stat, statfs, lstat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { cli, cliOk } from './lib/cli.js';
@@ -158,10 +158,10 @@ describe('direct transport: protocol edge cases', () => {
   });
 
   test('INTERRUPT: a signal ends a process waiting on a long copy-up; the mount stays healthy', async () => {
-    // baseline: an uninterrupted open-for-write copies the 1 GiB file up
+    // the first write of the 1 GiB lower file copies it up (zero-open: at the WRITE; without it: at the OPEN)
     const s0 = await statsOf(m.pid, statsFile());
     const huge = path.join(f.mnt, 'huge');
-    const child = spawn('sh', ['-c', 'exec 3>>"$0"; echo opened', huge], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn('sh', ['-c', 'printf x >>"$0"; echo wrote', huge], { stdio: ['ignore', 'pipe', 'ignore'] });
     const t0 = Date.now();
     const exited = new Promise<{ code: number | null; sig: NodeJS.Signals | null }>((r) => child.once('exit', (code, sig) => r({ code, sig })));
     await new Promise((r) => setTimeout(r, 100));
@@ -169,18 +169,32 @@ describe('direct transport: protocol edge cases', () => {
     const res = await exited;
     const waited = Date.now() - t0;
     const s1 = await statsOf(m.pid, statsFile());
-    // the copy-up went on in the server; once it is done, the file is upper and complete
+    // the copy-up went on in the server; a second write waits for it, then lands after it
     const t1 = Date.now();
-    const fh = await open(huge, 'a');
-    await fh.close();
+    await appendFile(huge, 'y');
     const fullCopy = Date.now() - t1 + waited;
-    assert.equal((await lstat(path.join(f.upper, 'huge'))).size, 1 << 30);
+    const interrupts = s1.interrupts - s0.interrupts;
+    const size = (await lstat(path.join(f.upper, 'huge'))).size;
+    const tail = Buffer.alloc(2);
+    const fh = await open(path.join(f.upper, 'huge'), 'r');
+    await fh.read(tail, 0, 2, size - 2);
+    await fh.close();
     assert.equal((await stat(f.mnt)).isDirectory(), true);
-    console.log(`# interrupt: child ended after ${waited} ms (${res.sig ?? res.code}); copy-up ~${fullCopy} ms; interrupts ${s1.interrupts - s0.interrupts}`);
-    if (res.sig === 'SIGINT') {
-      // the signal arrived while the OPEN was in the server: an INTERRUPT went out and was answered EINTR
-      assert.ok(s1.interrupts - s0.interrupts >= 1, 'the server saw the INTERRUPT');
+    console.log(`# interrupt: child ended after ${waited} ms (${res.sig ?? res.code}); copy-up ~${fullCopy} ms; interrupts ${interrupts}`);
+    if (interrupts >= 1) {
+      // the signal arrived while the write waited for the copy-up: answered EINTR, and nothing of it was written
+      assert.equal(res.sig, 'SIGINT');
+      assert.equal(size, (1 << 30) + 1);
+      assert.equal(tail.toString(), '\0y');
       if (fullCopy > 600) assert.ok(waited < fullCopy / 2 + 200, `waited ${waited} ms of a ${fullCopy} ms copy-up`);
+    } else if (res.sig === 'SIGINT') {
+      // the signal came before the write was sent, or after it was done: all of it or none of it is there
+      assert.ok(size === (1 << 30) + 1 || size === (1 << 30) + 2, `size ${size}`);
+      assert.equal(tail.toString(), size === (1 << 30) + 1 ? '\0y' : 'xy');
+    } else {
+      // the copy-up was done before the signal: both writes landed, in order
+      assert.equal(size, (1 << 30) + 2);
+      assert.equal(tail.toString(), 'xy');
     }
   });
 });

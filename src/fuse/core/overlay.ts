@@ -96,6 +96,9 @@ export class Overlay implements CopyUpHost {
   private readonly nodes = new Map<number, Node>();
   private readonly byKey = new Map<string, Node>();
   private readonly handles = new Map<number, Handle>();
+  /** Node-keyed I/O (readNode/writeNode, for kernels told not to send OPEN): one implicit handle per node, the least
+   *  recently used closed past IMPLICIT_MAX; those of removed nodes are pinned until forget (the file may be open). */
+  private readonly implicit = new Map<Node, number>();
   /** Merged listings of dirs, valid while the dir's gen, upper flag and lower dirs are unchanged. */
   private readonly namesCache = new WeakMap<Node, { gen: number; upper: boolean; lowerDirs: LowerDir[]; names: string[] }>();
   private readonly lock = new Mutex();
@@ -167,6 +170,7 @@ export class Overlay implements CopyUpHost {
   forget(id: number, nlookup = 1): void {
     void nlookup;
     const n = this.nodes.get(id);
+    if (n) this.dropImplicit(n); // no open file of it is left in the kernel: its implicit handle goes
     if (!n || n === this.root || n.kind === 'dir' || n.upper || n.removed || n.nlinkDelta !== 0) return;
     if (n.links.length !== 1 || !n.lowerStat || n.lowerStat.nlink > 1) return;
     const lk = n.links[0];
@@ -584,10 +588,23 @@ export class Overlay implements CopyUpHost {
       const p = this.dirNode(parentId);
       await this.mustBeAbsent(p, name);
       this.writable();
-      return this.placeNew(p, name, false, async (t) => {
-        if ((mode & fsc.S_IFMT) === fsc.S_IFREG || (mode & fsc.S_IFMT) === 0) closeSync(openSync(t, 'wx', mode & 0o7777));
-        else native.mknod(t, mode, major(rdev), minor(rdev));
-      });
+      // a regular file made for node-keyed I/O keeps its fd as the node's implicit handle (the kernel's next step is
+      // to open it, which, with no OPEN sent, means the writes that follow)
+      let fd = -1;
+      try {
+        const n = await this.placeNew(p, name, false, async (t) => {
+          if ((mode & fsc.S_IFMT) === fsc.S_IFREG || (mode & fsc.S_IFMT) === 0) fd = openSync(t, fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL, mode & 0o7777);
+          else native.mknod(t, mode, major(rdev), minor(rdev));
+        });
+        if (fd >= 0 && this.nodeKeyedIo && n.kind === 'file' && !this.implicit.has(n)) {
+          this.implicit.set(n, this.addHandle(n, fd, true, fsc.O_RDWR));
+          this.trimImplicit(n);
+          fd = -1;
+        }
+        return n;
+      } finally {
+        if (fd >= 0) closeSync(fd);
+      }
     });
   }
 
@@ -647,6 +664,7 @@ export class Overlay implements CopyUpHost {
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
+      if (n.links.length === 1) this.pinForRemoval(n);
       if (n.upper) {
         const st = lstatSync(target);
         if (wh) this.replaceWithWhiteout(target);
@@ -687,6 +705,7 @@ export class Overlay implements CopyUpHost {
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
+      if (n.links.length === 1) this.pinForRemoval(n);
       if (n.upper) {
         const tmp = this.tmpPath();
         if (wh) {
@@ -768,6 +787,7 @@ export class Overlay implements CopyUpHost {
       }
       if (await whFileExists(this.upperPath(dp), newName)) await unlink(path.join(this.upperPath(dp), WH_PREFIX + newName));
       if (dst) {
+        if (dst.kind !== 'dir' && dst.links.length === 1) this.pinForRemoval(dst);
         dst.removeLink(dp, newName);
         if (dst.kind === 'dir') this.dropDir(dst);
         else if (dst.links.length === 0) dst.removed = true;
@@ -909,6 +929,121 @@ export class Overlay implements CopyUpHost {
     return fh;
   }
 
+  /** Keep node-keyed I/O working after the last name of n goes: an implicit handle, pinned until forget. Only when
+   *  the transport does node-keyed I/O (a kernel that sends no OPEN may still hold the file open). */
+  private pinForRemoval(n: Node): void {
+    if (!this.nodeKeyedIo || n.kind !== 'file' || this.implicit.has(n)) return;
+    try {
+      this.implicitHandle(n, false);
+    } catch {
+      // unreadable backing file: reads of it fail as they would have
+    }
+  }
+
+  /** Set by a transport that uses readNode/writeNode (the kernel sends no OPEN). */
+  nodeKeyedIo = false;
+
+  private static readonly IMPLICIT_MAX = 128;
+
+  /** The implicit handle of n (opened on first use): its upper copy read-write once copied up, else the lower file. */
+  private implicitHandle(n: Node, write: boolean): Handle {
+    const fh = this.implicit.get(n);
+    let h = fh === undefined ? undefined : this.handles.get(fh);
+    if (h && (h.upper !== n.upper || (write && !h.upper))) {
+      this.closeHandle(fh!);
+      h = undefined;
+    }
+    if (h) {
+      this.implicit.delete(n); // most recently used last
+      this.implicit.set(n, fh!);
+      return h;
+    }
+    if (n.kind !== 'file') throw fsErr(n.kind === 'dir' ? 'EISDIR' : 'EINVAL');
+    let fd: number;
+    if (n.upper) {
+      const p = this.upperPath(n);
+      try {
+        fd = openSync(p, fsc.O_RDWR);
+      } catch (err) {
+        if (write || !isCode(err, 'EACCES', 'EPERM', 'ETXTBSY')) throw err;
+        fd = openSync(p, fsc.O_RDONLY);
+      }
+    } else {
+      fd = openSync(this.realPath(n), fsc.O_RDONLY);
+    }
+    const nfh = this.addHandle(n, fd, n.upper, n.upper ? fsc.O_RDWR : fsc.O_RDONLY);
+    this.implicit.set(n, nfh);
+    this.trimImplicit(n);
+    return this.handles.get(nfh)!;
+  }
+
+  /** Close the least recently used implicit handles past IMPLICIT_MAX (not those of removed nodes, nor keep's). */
+  private trimImplicit(keep: Node): void {
+    if (this.implicit.size <= Overlay.IMPLICIT_MAX) return;
+    for (const [m, mfh] of this.implicit) {
+      if (this.implicit.size <= Overlay.IMPLICIT_MAX) break;
+      if (m.removed || m === keep) continue;
+      this.closeHandle(mfh);
+      this.implicit.delete(m);
+    }
+  }
+
+  private closeHandle(fh: number): void {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    try {
+      closeSync(h.fd);
+    } catch {
+      // closed already
+    }
+  }
+
+  private dropImplicit(n: Node): void {
+    const fh = this.implicit.get(n);
+    if (fh === undefined) return;
+    this.implicit.delete(n);
+    this.closeHandle(fh);
+  }
+
+  /** read() by node id, with no open handle (the kernel sent no OPEN). */
+  async readNode(id: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const n = this.node(id);
+    this.implicitHandle(n, false);
+    return this.read(this.implicit.get(n)!, buf, len, pos);
+  }
+
+  /** write() by node id: the first write to a lower file copies it up (the kernel sent no OPEN to do it at). */
+  async writeNode(id: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const n = this.node(id);
+    await this.prepareWrite(id);
+    this.implicitHandle(n, true);
+    return this.write(this.implicit.get(n)!, buf, len, pos);
+  }
+
+  /** Copy a lower file up for a write to come by node id (a no-op once upper). Separate from writeNode so that a
+   *  transport can let a signal end the wait for a long copy-up (it goes on) without a half-done write. */
+  async prepareWrite(id: number): Promise<void> {
+    const n = this.node(id);
+    if (n.upper) return;
+    this.writable();
+    if (n.kind !== 'file') throw fsErr(n.kind === 'dir' ? 'EISDIR' : 'EINVAL');
+    await this.lock.run(() => this.copyUp(n, { data: true }));
+  }
+
+  /** Whether node id needs a copy-up before it can be written. */
+  needsCopyUp(id: number): boolean {
+    return !this.node(id).upper;
+  }
+
+  /** fsync() by node id. */
+  async fsyncNode(id: number, datasync: boolean): Promise<void> {
+    const n = this.node(id);
+    if (n.kind !== 'file' || !n.upper) return; // nothing written through the mount is unsynced elsewhere
+    this.implicitHandle(n, false);
+    return this.fsync(this.implicit.get(n)!, datasync);
+  }
+
   private handle(fh: number): Handle {
     const h = this.handles.get(fh);
     if (!h) throw fsErr('EBADF');
@@ -980,6 +1115,7 @@ export class Overlay implements CopyUpHost {
   async close(): Promise<void> {
     const hs = [...this.handles.values()];
     this.handles.clear();
+    this.implicit.clear();
     await Promise.all(hs.map((h) => closeAsync(h.fd).catch(() => undefined)));
   }
 }

@@ -65,6 +65,11 @@ export interface DirectOptions {
   maxWrite?: number;
   /** After answering, poll /dev/fuse this many microseconds before sleeping (see defaultSpinUs). */
   spinUs?: number;
+  /** Zero-open (default on; LAYERFS_FUSE_ZERO_OPEN=0 turns it off): OPEN, OPENDIR and CREATE are answered ENOSYS
+   *  once, so the kernel stops sending them (and RELEASE/RELEASEDIR): opening a file or dir costs no request, reads
+   *  and writes come keyed by node id (the core's readNode/writeNode; a lower file is copied up at its first write),
+   *  creating a file is MKNOD and the kernel caches data and listings across opens (its no-open defaults). */
+  zeroOpen?: boolean;
 }
 
 /**
@@ -106,6 +111,8 @@ interface DirHandle {
 interface InFlight {
   opcode: number;
   interrupted: boolean;
+  /** An INTERRUPT answers it EINTR at once (ops that only read; a write while it waits for a copy-up). */
+  interruptible: boolean;
 }
 
 class Reply {
@@ -124,6 +131,9 @@ export class DirectTransport {
   /** Node ids whose lookup count reached 0, handed to the core's forget on the next turn of the loop. */
   private evictQueue: number[] = [];
   private readonly dirs = new Map<number, DirHandle>();
+  /** Zero-open: listings being read by dir node id (no OPENDIR, so no handle); dropped when a listing is read out. */
+  private readonly nodeDirs = new Map<number, DirHandle>();
+  private readonly zeroOpen: boolean;
   private nextDirFh = 1;
   private readonly inflight = new Map<bigint, InFlight>();
   /** [0] = requests in flight, read by the poll loop's native side: it polls before sleeping only when 0 (otherwise
@@ -149,6 +159,8 @@ export class DirectTransport {
     this.attrTimeout = opts.attrTimeout ?? 86400;
     this.maxWrite = opts.maxWrite ?? 1 << 20;
     this.bufSize = this.maxWrite + 4096;
+    this.zeroOpen = opts.zeroOpen ?? process.env.LAYERFS_FUSE_ZERO_OPEN !== '0';
+    if (this.zeroOpen) core.nodeKeyedIo = true;
     this.ended = new Promise((r) => (this.endResolve = r));
   }
 
@@ -376,14 +388,14 @@ export class DirectTransport {
         return;
       }
     }
-    const fl: InFlight = { opcode: h.opcode, interrupted: false };
+    const fl: InFlight = { opcode: h.opcode, interrupted: false, interruptible: INTERRUPTIBLE.has(h.opcode) };
     this.inflight.set(h.unique, fl);
     this.busy[0] = this.inflight.size;
     // WRITE and SETXATTR keep their request buffer until done; everything else decodes what it needs up front
     const keep = h.opcode === Op.WRITE || h.opcode === Op.SETXATTR;
     let p: Promise<Reply>;
     try {
-      p = this.dispatch(h, buf, end);
+      p = this.dispatch(h, buf, end, fl);
     } catch (err) {
       p = Promise.reject(err);
     }
@@ -416,7 +428,7 @@ export class DirectTransport {
       if (retry) setImmediate(() => this.interrupt(target, false));
       return;
     }
-    if (!INTERRUPTIBLE.has(fl.opcode) || fl.interrupted) return;
+    if (!fl.interruptible || fl.interrupted) return;
     fl.interrupted = true;
     this.stats.interrupts++;
     this.send(target, osc.errno.EINTR, null);
@@ -432,7 +444,7 @@ export class DirectTransport {
     }
   }
 
-  private dispatch(h: InHeader, b: Buffer, end: number): Promise<Reply> {
+  private dispatch(h: InHeader, b: Buffer, end: number, fl: InFlight): Promise<Reply> {
     const c = this.core;
     const I = IN_HEADER;
     const id = h.nodeid;
@@ -503,6 +515,7 @@ export class DirectTransport {
       }
       case Op.OPEN: {
         const flags = b.readUInt32LE(I);
+        if (this.zeroOpen) return Promise.reject(fsErr('ENOSYS')); // the kernel then opens without asking
         return (async () => {
           const node = c.node(id);
           const fh = await c.open(id, flags);
@@ -517,7 +530,7 @@ export class DirectTransport {
         const size = b.readUInt32LE(I + 16);
         return (async () => {
           const out = Buffer.allocUnsafe(size);
-          const got = await c.read(fh, out, size, off);
+          const got = fh === 0 ? await c.readNode(id, out, size, off) : await c.read(fh, out, size, off);
           return new Reply(out.subarray(0, got));
         })();
       }
@@ -526,7 +539,19 @@ export class DirectTransport {
         const off = u64(b, I + 8);
         const size = b.readUInt32LE(I + 16);
         const data = b.subarray(I + 40, I + 40 + size);
-        return c.write(fh, data, data.length, off).then((nw) => {
+        const written = async (): Promise<number> => {
+          if (fh !== 0) return c.write(fh, data, data.length, off);
+          if (c.needsCopyUp(id)) {
+            // zero-open: the first write of a lower file copies it up. A signal may end the wait (EINTR, nothing
+            // written; the copy-up goes on), as it may end an OPEN that copies up.
+            fl.interruptible = true;
+            await c.prepareWrite(id);
+            fl.interruptible = false;
+            if (fl.interrupted) return 0; // answered EINTR already: write nothing
+          }
+          return c.writeNode(id, data, data.length, off);
+        };
+        return written().then((nw) => {
           const o = Buffer.alloc(8);
           o.writeUInt32LE(nw, 0);
           return new Reply(o);
@@ -547,8 +572,11 @@ export class DirectTransport {
         });
       case Op.RELEASE:
         return c.release(u64(b, I)).then(() => new Reply(null));
-      case Op.FSYNC:
-        return c.fsync(u64(b, I), (b.readUInt32LE(I + 8) & 1) !== 0).then(() => new Reply(null));
+      case Op.FSYNC: {
+        const fh = u64(b, I);
+        const datasync = (b.readUInt32LE(I + 8) & 1) !== 0;
+        return (fh === 0 ? c.fsyncNode(id, datasync) : c.fsync(fh, datasync)).then(() => new Reply(null));
+      }
       case Op.FLUSH:
         // nothing to flush (writes reach the backing file at once; no POSIX locks negotiated, so the kernel keeps
         // them): ENOSYS makes the kernel stop sending FLUSH, one request less on every close (close still returns 0)
@@ -574,6 +602,7 @@ export class DirectTransport {
         return c.removexattr(id, name).then(() => new Reply(null));
       }
       case Op.OPENDIR:
+        if (this.zeroOpen) return Promise.reject(fsErr('ENOSYS')); // READDIR then comes with fh 0
         return (async () => {
           const n = c.node(id);
           if (n.kind !== 'dir') throw fsErr('ENOTDIR');
@@ -583,7 +612,7 @@ export class DirectTransport {
         })();
       case Op.READDIR:
       case Op.READDIRPLUS:
-        return this.readdir(h.opcode === Op.READDIRPLUS, u64(b, I), u64(b, I + 8), b.readUInt32LE(I + 16));
+        return this.readdir(h.opcode === Op.READDIRPLUS, id, u64(b, I), u64(b, I + 8), b.readUInt32LE(I + 16));
       case Op.RELEASEDIR:
         this.dirs.delete(u64(b, I));
         return Promise.resolve(new Reply(null));
@@ -592,6 +621,8 @@ export class DirectTransport {
       case Op.ACCESS:
         return c.access(id, b.readUInt32LE(I)).then(() => new Reply(null));
       case Op.CREATE: {
+        // zero-open: the kernel makes the file with MKNOD instead, and opens it without asking
+        if (this.zeroOpen) return Promise.reject(fsErr('ENOSYS'));
         const flags = b.readUInt32LE(I);
         const mode = b.readUInt32LE(I + 4);
         const [name] = cstr(b, I + 16, end);
@@ -621,9 +652,11 @@ export class DirectTransport {
       setImmediate(() => this.initFailed(new Error(`fuse: kernel protocol ${major}.${minor} is too old (need 7.31)`)));
       throw fsErr('EPROTO');
     }
+    // no ATOMIC_O_TRUNC with zero-open: the kernel would take the (unsent) OPEN as having truncated; without it, it
+    // sends a SETATTR of size 0
     const want =
       INIT.ASYNC_READ |
-      INIT.ATOMIC_O_TRUNC |
+      (this.zeroOpen ? 0 : INIT.ATOMIC_O_TRUNC) |
       INIT.BIG_WRITES |
       INIT.DO_READDIRPLUS |
       INIT.READDIRPLUS_AUTO |
@@ -715,12 +748,19 @@ export class DirectTransport {
   }
 
   /** Entries from `offset` on: offsets 1 and 2 are . and .., then the core's listing (cached for the handle). */
-  private async readdir(plus: boolean, fh: number, offset: number, size: number): Promise<Reply> {
-    const d = this.dirs.get(fh);
+  private async readdir(plus: boolean, id: number, fh: number, offset: number, size: number): Promise<Reply> {
+    let d = fh === 0 ? this.nodeDirs.get(id) : this.dirs.get(fh);
+    if (!d && fh === 0) {
+      const n = this.core.node(id);
+      if (n.kind !== 'dir') throw fsErr('ENOTDIR');
+      d = { id, entries: null, loading: null, parent: n.links[0]?.parent.ino ?? ROOT_ID };
+      this.nodeDirs.set(id, d);
+    }
     if (!d) throw fsErr('EBADF');
     if (offset === 0) d.entries = d.loading = null; // rewinddir: a fresh listing
     const entries = await this.listing(d);
     const total = entries.length + 2;
+    if (fh === 0 && offset >= total) this.nodeDirs.delete(id); // read out (the kernel's final, empty READDIR)
     // which entries fit (sizes depend on the names only), then their attributes all at once
     const nameOf = (i: number): Buffer => Buffer.from(i === 0 ? '.' : i === 1 ? '..' : entries[i - 2].name);
     const names: Buffer[] = [];

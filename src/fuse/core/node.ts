@@ -91,16 +91,69 @@ const NO_LOWER_DIRS = Object.freeze([]) as unknown as LowerDir[];
 export class Node {
   readonly ino: number;
   kind: Kind;
-  /** Names known to lead here. links[0] is the one used to reach the upper copy. The root has none. */
-  links: Link[] = [];
+  /** The first name leading here (links[0], the one used to reach the upper copy): its dir, null for the root and
+   *  for a node whose last name is gone. Kept as two fields: an array of link objects per node costs ~100 bytes. */
+  parent: Node | null = null;
+  /** The first name's entry name ('' without one). */
+  name = '';
+  /** Names beyond the first (hardlinks seen). */
+  private moreLinks: Link[] | null = null;
   /** Present in the upper layer (at upperPath). */
   upper: boolean;
-  /** Non-dirs not yet copied up: the lower file and its layer index. */
-  lowerPath: string | null = null;
+  /** Non-dirs not yet copied up: the layer index of the lower file (its path: lowerPath). */
   lowerLayer = -1;
-  /** Dirs: the lower dirs merged under this one, top first (empty when opaque or pure upper). */
-  lowerDirs: LowerDir[] = NO_LOWER_DIRS;
+  /** The lower file's path when it cannot be derived from the first name (see lowerPath). */
+  private fixedLowerPath: string | null = null;
+  private lowers: LowerDir[] = NO_LOWER_DIRS;
   private childMap: Map<string, Node | null> | null = null;
+
+  /** Dirs: the lower dirs merged under this one, top first (empty when opaque or pure upper). */
+  get lowerDirs(): LowerDir[] {
+    return this.lowers;
+  }
+  set lowerDirs(v: LowerDir[]) {
+    // lower children find their file through this dir's lower dirs: they keep the path they have now
+    if (this.childMap) for (const c of this.childMap.values()) c?.freezeLowerPath();
+    this.lowers = v;
+  }
+
+  /**
+   * Non-dirs not yet copied up: the lower file. Derived (parent's lower dir in lowerLayer + name) rather than
+   * stored: a path string per node is most of a node's memory. Fixed once the derivation could change.
+   */
+  get lowerPath(): string | null {
+    if (this.fixedLowerPath !== null) return this.fixedLowerPath;
+    if (this.lowerLayer < 0 || this.kind === 'dir' || this.parent === null) return null;
+    for (const ld of this.parent.lowers) if (ld.layer === this.lowerLayer) return ld.path + '/' + this.name;
+    return null;
+  }
+  set lowerPath(p: string | null) {
+    this.fixedLowerPath = null;
+    if (p !== null && p !== this.lowerPath) this.fixedLowerPath = p;
+  }
+
+  private freezeLowerPath(): void {
+    if (this.fixedLowerPath === null && this.lowerLayer >= 0 && this.kind !== 'dir') this.fixedLowerPath = this.lowerPath;
+  }
+
+  /** Names known to lead here, the first one first (a fresh array). The root has none. */
+  get links(): Link[] {
+    const out: Link[] = this.parent ? [{ parent: this.parent, name: this.name }] : [];
+    if (this.moreLinks) out.push(...this.moreLinks);
+    return out;
+  }
+  set links(ls: Link[]) {
+    this.freezeLowerPath();
+    this.parent = ls[0]?.parent ?? null;
+    this.name = ls[0]?.name ?? '';
+    this.moreLinks = ls.length > 1 ? ls.slice(1) : null;
+  }
+
+  /** How many names are known to lead here. */
+  get linkCount(): number {
+    return (this.parent ? 1 : 0) + (this.moreLinks?.length ?? 0);
+  }
+
   /** Dirs: cached lookups; null = known absent. Made on first use (files never have one). */
   get children(): Map<string, Node | null> {
     return (this.childMap ??= new Map());
@@ -135,7 +188,8 @@ export class Node {
   }
 
   addLink(parent: Node, name: string): void {
-    if (!this.links.some((l) => l.parent === parent && l.name === name)) this.links.push({ parent, name });
+    const ls = this.links;
+    if (!ls.some((l) => l.parent === parent && l.name === name)) this.links = [...ls, { parent, name }];
   }
 
   removeLink(parent: Node, name: string): void {
@@ -144,7 +198,7 @@ export class Node {
 
   /** Is `this` (a dir) `other` or one of its ancestors? */
   isAncestorOf(other: Node): boolean {
-    for (let n: Node | undefined = other; n; n = n.links[0]?.parent) if (n === this) return true;
+    for (let n: Node | null = other; n; n = n.parent) if (n === this) return true;
     return false;
   }
 }

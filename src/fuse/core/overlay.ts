@@ -172,8 +172,8 @@ export class Overlay implements CopyUpHost {
     const n = this.nodes.get(id);
     if (n) this.dropImplicit(n); // no open file of it is left in the kernel: its implicit handle goes
     if (!n || n === this.root || n.kind === 'dir' || n.upper || n.removed || n.nlinkDelta !== 0) return;
-    if (n.links.length !== 1 || !n.lowerStat || n.lowerStat.nlink > 1) return;
-    const lk = n.links[0];
+    if (n.linkCount !== 1 || !n.lowerStat || n.lowerStat.nlink > 1) return;
+    const lk = { parent: n.parent!, name: n.name };
     if (lk.parent.children.get(lk.name) !== n) return;
     for (const h of this.handles.values()) if (h.node === n) return;
     lk.parent.children.delete(lk.name);
@@ -244,9 +244,8 @@ export class Overlay implements CopyUpHost {
   upperPath(n: Node): string {
     if (!this.upper) throw fsErr('EROFS');
     if (n === this.root) return this.upper;
-    const lk = n.links[0];
-    if (!lk) throw fsErr('ENOENT', `inode ${n.ino} has no name`);
-    return path.join(this.upperPath(lk.parent), lk.name);
+    if (!n.parent) throw fsErr('ENOENT', `inode ${n.ino} has no name`);
+    return path.join(this.upperPath(n.parent), n.name);
   }
 
   private realPath(n: Node): string {
@@ -313,7 +312,8 @@ export class Overlay implements CopyUpHost {
       const n = this.newNode('dir', r.upper, r.st, r.lowerLayer, real);
       n.lowerDirs = r.lowerDirs;
       if (!r.upper) n.lowerStat = r.st;
-      n.links = [{ parent: p, name }];
+      n.parent = p;
+      n.name = name;
       return n;
     }
     // a lower file with one link has no other name in its layer: no identity key to share it by
@@ -325,10 +325,11 @@ export class Overlay implements CopyUpHost {
       return known;
     }
     const n = this.newNode(kind, r.upper, r.st, r.lowerLayer, real);
-    n.lowerPath = r.lowerPath;
     if (!r.upper) n.lowerStat = r.st;
     n.lowerLayer = r.lowerLayer;
-    n.links = [{ parent: p, name }];
+    n.parent = p;
+    n.name = name;
+    n.lowerPath = r.lowerPath; // after the name: stored only if it differs from the derived one
     if (key !== null) this.setKey(n, key);
     return n;
   }
@@ -382,7 +383,7 @@ export class Overlay implements CopyUpHost {
 
   async getattr(id: number): Promise<NodeStat> {
     const n = this.node(id);
-    if (n.removed || (n.links.length === 0 && n !== this.root)) {
+    if (n.removed || (n.parent === null && n !== this.root)) {
       // unlinked while open: the open file answers (st_nlink 0 for an upper file; lower ones count their whiteout)
       for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, fstatSync(h.fd));
       throw fsErr('ENOENT');
@@ -664,7 +665,7 @@ export class Overlay implements CopyUpHost {
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
-      if (n.links.length === 1) this.pinForRemoval(n);
+      if (n.linkCount === 1) this.pinForRemoval(n);
       if (n.upper) {
         const st = lstatSync(target);
         if (wh) this.replaceWithWhiteout(target);
@@ -675,7 +676,7 @@ export class Overlay implements CopyUpHost {
         n.nlinkDelta--;
       }
       n.removeLink(p, name);
-      if (n.links.length === 0) n.removed = true;
+      if (n.linkCount === 0) n.removed = true;
       p.children.set(name, null);
     });
   }
@@ -705,7 +706,6 @@ export class Overlay implements CopyUpHost {
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
-      if (n.links.length === 1) this.pinForRemoval(n);
       if (n.upper) {
         const tmp = this.tmpPath();
         if (wh) {
@@ -787,10 +787,10 @@ export class Overlay implements CopyUpHost {
       }
       if (await whFileExists(this.upperPath(dp), newName)) await unlink(path.join(this.upperPath(dp), WH_PREFIX + newName));
       if (dst) {
-        if (dst.kind !== 'dir' && dst.links.length === 1) this.pinForRemoval(dst);
+        if (dst.kind !== 'dir' && dst.linkCount === 1) this.pinForRemoval(dst);
         dst.removeLink(dp, newName);
         if (dst.kind === 'dir') this.dropDir(dst);
-        else if (dst.links.length === 0) dst.removed = true;
+        else if (dst.linkCount === 0) dst.removed = true;
       }
       sp.children.set(name, null);
       this.relink(src, sp, name, dp, newName);
@@ -810,10 +810,12 @@ export class Overlay implements CopyUpHost {
   }
 
   private relink(n: Node, sp: Node, name: string, dp: Node, newName: string): void {
-    const i = n.links.findIndex((l) => l.parent === sp && l.name === name);
+    const ls = n.links;
+    const i = ls.findIndex((l) => l.parent === sp && l.name === name);
     const lk = { parent: dp, name: newName };
-    if (i >= 0) n.links[i] = lk;
-    else n.links.unshift(lk);
+    if (i >= 0) ls[i] = lk;
+    else ls.unshift(lk);
+    n.links = ls;
     dp.children.set(newName, n);
   }
 

@@ -607,7 +607,7 @@ export class DirectTransport {
           const n = c.node(id);
           if (n.kind !== 'dir') throw fsErr('ENOTDIR');
           const fh = this.nextDirFh++;
-          this.dirs.set(fh, { id, entries: null, loading: null, parent: n.links[0]?.parent.ino ?? ROOT_ID });
+          this.dirs.set(fh, { id, entries: null, loading: null, parent: n.parent?.ino ?? ROOT_ID });
           return new Reply(openOut(fh, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR));
         })();
       case Op.READDIR:
@@ -753,7 +753,7 @@ export class DirectTransport {
     if (!d && fh === 0) {
       const n = this.core.node(id);
       if (n.kind !== 'dir') throw fsErr('ENOTDIR');
-      d = { id, entries: null, loading: null, parent: n.links[0]?.parent.ino ?? ROOT_ID };
+      d = { id, entries: null, loading: null, parent: n.parent?.ino ?? ROOT_ID };
       this.nodeDirs.set(id, d);
     }
     if (!d) throw fsErr('EBADF');

@@ -166,6 +166,7 @@ mount_fs() {
 unmount_fs() {
   if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
     local kb; kb=$(awk '/^VmHWM/ { print $2 }' "/proc/$srv_pid/status")
+    echo "$srv_who $(tail -n 1 "$results" | cut -d' ' -f1) $kb" >>"$D/rss.txt"
     [[ $srv_who == layerfs-* ]] && ((kb > peak_rss)) && peak_rss=$kb
     ((kb > ${peak_by[$srv_who]:-0})) && peak_by[$srv_who]=$kb
   fi
@@ -181,6 +182,7 @@ unmount_fs() {
 
 results=$D/results.txt
 : >"$results"
+: >"$D/rss.txt"
 record() { echo "$1 $2 $3" >>"$results"; printf '  %-16s %-22s %8.3fs\n' "$1" "$2" "$3" >&2; }
 
 # ---- steps --------------------------------------------------------------------------------------------------
@@ -272,3 +274,5 @@ node -e '
 ' "$results" "$cols"
 echo "layerfs server peak RSS (VmHWM, max over all mounts): $((peak_rss / 1024)) MiB"
 for w in "${!peak_by[@]}"; do echo "  $w: $((peak_by[$w] / 1024)) MiB"; done
+# by mount (named by its last row), max over the reps
+awk '{ k = $1 " " $2; if ($3 > m[k]) m[k] = $3 } END { for (k in m) { split(k, a, " "); printf "  %-22s %-16s %4d MiB\n", a[1], a[2], m[k] / 1024 } }' "$D/rss.txt" | sort

@@ -1,6 +1,6 @@
 /** Mount table helpers for the server and its callers (reads /proc/self/mountinfo; never touches the mount). */
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
@@ -12,6 +12,37 @@ export async function isMounted(mountpoint: string): Promise<boolean> {
   const want = path.resolve(mountpoint);
   const text = await readFile('/proc/self/mountinfo', 'utf8');
   return text.split('\n').some((l) => l && unescape(l.split(' ')[4] ?? '') === want);
+}
+
+/** The device (major:minor) of the mount at `mountpoint` (the last one mounted there), from the mount table. */
+export async function mountDevice(mountpoint: string): Promise<string | null> {
+  const want = path.resolve(mountpoint);
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  let dev: string | null = null;
+  for (const l of text.split('\n')) {
+    const f = l.split(' ');
+    if (l && unescape(f[4] ?? '') === want) dev = f[2] ?? null;
+  }
+  return dev;
+}
+
+/**
+ * Let the kernel read ahead `kb` KiB per request on the FUSE mount at `mountpoint` (its bdi's read_ahead_kb; the
+ * kernel starts FUSE mounts at 128, and FUSE_INIT can only lower it). Each READ is a round trip, so fewer, larger
+ * ones: a cold sequential read of 1 GiB sends 1024 READs instead of 8192. Best effort (false when not possible).
+ */
+export async function raiseReadahead(mountpoint: string, kb: number): Promise<boolean> {
+  try {
+    const dev = await mountDevice(mountpoint);
+    if (!dev || !/^\d+:\d+$/.test(dev)) return false;
+    const file = `/sys/class/bdi/${dev}/read_ahead_kb`;
+    const cur = Number((await readFile(file, 'utf8')).trim());
+    if (cur >= kb) return true;
+    await writeFile(file, `${kb}\n`);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Unmount a FUSE mount: umount(8) as root, fusermount otherwise; lazily as a last resort. */

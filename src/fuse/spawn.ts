@@ -35,7 +35,13 @@ export async function spawnServer(args: string[], opts: { timeoutMs?: number } =
     child = spawn(process.execPath, [...nodeArgs, SERVER_MAIN, '-f', '--ready-fd', '3', ...args], {
       detached: true,
       // the direct transport's reads of /dev/fuse wait on libuv's pool: give it room (read at process start only)
-      env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(SERVER_POOL_SIZE) },
+      // MALLOC_ARENA_MAX=1: one glibc malloc arena for all threads. libfuse's thread (fuse-native) otherwise gets an
+      // arena of its own whose fragments stay resident: a walk of 48k entries peaks at 110 MiB with it, 101 without
+      env: {
+        ...process.env,
+        UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? String(SERVER_POOL_SIZE),
+        MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '1',
+      },
       stdio: ['ignore', 'ignore', errFd, 'pipe'],
     });
   } finally {

@@ -121,13 +121,17 @@ export class FuseNativeTransport {
     return id;
   }
 
-  /** The core's number when it fits in 32 bits (the usual case: every layer on one fs), else a hash of it. */
+  /**
+   * The core's number when it fits in 32 bits (the usual case: every layer on one fs), else a hash of it. Only
+   * numbers that had to move are recorded (a map entry per node would cost ~5 MB on a 50k-entry tree): a folded
+   * number avoids every node the core knows, and a small number a folded one took before its node appeared moves.
+   */
   private fold(ino: number): number {
     const known = this.ino32.get(ino);
     if (known !== undefined) return known;
-    let v = ino;
-    if (v > 0xffffffff) v = ((ino % 2 ** 32) ^ Math.imul(Math.floor(ino / 2 ** 32), 0x9e3779b1)) >>> 0;
-    if (ino !== ROOT_ID) while (v <= 1 || this.ino32Owner.has(v)) v = (v + 0x9e3779b1) >>> 0;
+    if (ino <= 0xffffffff && !this.ino32Owner.has(ino)) return ino;
+    let v = ino <= 0xffffffff ? ino : ((ino % 2 ** 32) ^ Math.imul(Math.floor(ino / 2 ** 32), 0x9e3779b1)) >>> 0;
+    while (v <= 1 || this.ino32Owner.has(v) || (v !== ino && this.core.known(v))) v = (v + 0x9e3779b1) >>> 0;
     this.ino32.set(ino, v);
     this.ino32Owner.set(v, ino);
     return v;

@@ -6,13 +6,16 @@
  *    real st_ino, as kernel overlay gives them), and a copy-up records the number it had in the private xattr
  *    trusted.overlay.layerfs.ino of the upper copy, which kernel overlay hides and ignores;
  *  - the upper stays a plain kernel overlay upper: no stray files, and kernel overlay shows the same tree;
- *  - an unlinked file that is still open reports 0 links through fstat (fuse-native cannot: marked todo there).
+ *  - an unlinked file that is still open reports 0 links through fstat (fuse-native cannot: marked todo there);
+ *  - layers on different filesystems (a lower on a tmpfs): every file keeps one number, no two files share one
+ *    (the other fs's numbers get the layer's index in the high bits; fuse-native folds them into 32 bits).
  * The servers are child processes; this process only uses async fs calls on the mounts.
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, link, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { forceUnmount, run } from './lib/mounts.js';
 import { cleanup, diffSnapshots, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
 import { mountWith, TRANSPORT_NAMES, transportUnavailable, type TMount } from './lib/fusemount.js';
 
@@ -159,6 +162,49 @@ for (const t of TRANSPORT_NAMES) {
         assert.deepEqual(left, [], 'no hidden files left in the upper');
       } finally {
         for (const x of live.splice(0)) await x.stop().catch(() => undefined);
+        await cleanup(dir);
+      }
+    });
+
+    test('layers on two filesystems: one number per file, stable across copy-up, none shared', async () => {
+      const dir = await tmpDir(`fxdev-${t}`);
+      const [tmpfsLower, disk, upper, work, mnt] = ['tl', 'dl', 'u', 'w', 'm'].map((x) => path.join(dir, x));
+      let tmpfsMounted = false;
+      try {
+        await mkdir(tmpfsLower);
+        await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', tmpfsLower]);
+        tmpfsMounted = true;
+        // the same names, and files whose st_ino may well coincide across the two filesystems
+        for (const [root, tag] of [[tmpfsLower, 'tmpfs'], [disk, 'disk']] as const) {
+          await mkdir(path.join(root, 'd', tag), { recursive: true });
+          for (let i = 0; i < 40; i++) await writeFile(path.join(root, 'd', tag, `f${i}`), `${tag} ${i}\n`);
+          await writeFile(path.join(root, `only-${tag}`), `${tag}\n`);
+        }
+        await mkdir(upper);
+        await mkdir(work);
+        const f = await mountWith(t, [tmpfsLower, disk], mnt, upper, work);
+        live.push(f);
+        try {
+          const names = ['only-tmpfs', 'only-disk', ...['tmpfs', 'disk'].flatMap((tag) => Array.from({ length: 40 }, (_, i) => `d/${tag}/f${i}`))];
+          const first = new Map<string, number>();
+          for (const n of names) first.set(n, (await stat(path.join(mnt, n))).ino);
+          const seen = new Map<number, string>();
+          for (const [n, ino] of first) {
+            assert.ok(!seen.has(ino), `${n} and ${seen.get(ino)} share inode ${ino}`);
+            seen.set(ino, n);
+            if (t === 'fuse-native') assert.ok(ino < 2 ** 32, `${n}: ${ino} does not fit 32 bits`);
+          }
+          // a copy-up from each filesystem keeps the number
+          await appendFile(path.join(mnt, 'only-tmpfs'), 'more\n');
+          await appendFile(path.join(mnt, 'd/disk/f3'), 'more\n');
+          for (const n of names) assert.equal((await stat(path.join(mnt, n))).ino, first.get(n), `${n} changed its number`);
+          assert.equal(await readFile(path.join(mnt, 'only-tmpfs'), 'utf8'), 'tmpfs\nmore\n');
+        } finally {
+          await f.stop();
+        }
+      } finally {
+        for (const x of live.splice(0)) await x.stop().catch(() => undefined);
+        if (tmpfsMounted) await forceUnmount(tmpfsLower).catch(() => undefined);
         await cleanup(dir);
       }
     });

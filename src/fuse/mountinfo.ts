@@ -8,22 +8,23 @@ const run = promisify(execFile);
 
 const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 
-export async function isMounted(mountpoint: string): Promise<boolean> {
+/** The mount table's lines (as fields) of the mounts at `mountpoint`, oldest first. */
+async function mountsAt(mountpoint: string): Promise<string[][]> {
   const want = path.resolve(mountpoint);
   const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text.split('\n').some((l) => l && unescape(l.split(' ')[4] ?? '') === want);
+  return text
+    .split('\n')
+    .map((l) => l.split(' '))
+    .filter((f) => f.length > 4 && unescape(f[4]) === want);
+}
+
+export async function isMounted(mountpoint: string): Promise<boolean> {
+  return (await mountsAt(mountpoint)).length > 0;
 }
 
 /** The device (major:minor) of the mount at `mountpoint` (the last one mounted there), from the mount table. */
 export async function mountDevice(mountpoint: string): Promise<string | null> {
-  const want = path.resolve(mountpoint);
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  let dev: string | null = null;
-  for (const l of text.split('\n')) {
-    const f = l.split(' ');
-    if (l && unescape(f[4] ?? '') === want) dev = f[2] ?? null;
-  }
-  return dev;
+  return (await mountsAt(mountpoint)).at(-1)?.[2] ?? null;
 }
 
 /**

@@ -173,10 +173,10 @@ export class Overlay implements CopyUpHost {
     if (n) this.dropImplicit(n); // no open file of it is left in the kernel: its implicit handle goes
     if (!n || n === this.root || n.kind === 'dir' || n.upper || n.removed || n.nlinkDelta !== 0) return;
     if (n.linkCount !== 1 || !n.lowerStat || n.lowerStat.nlink > 1) return;
-    const lk = { parent: n.parent!, name: n.name };
-    if (lk.parent.children.get(lk.name) !== n) return;
+    const parent = n.parent!;
+    if (parent.children.get(n.name) !== n) return;
     for (const h of this.handles.values()) if (h.node === n) return;
-    lk.parent.children.delete(lk.name);
+    parent.children.delete(n.name);
     this.nodes.delete(id);
     n.lowerStat = null;
     for (const k of n.keys) if (this.byKey.get(k) === n) this.byKey.delete(k);
@@ -859,8 +859,7 @@ export class Overlay implements CopyUpHost {
   async truncate(id: number, size: number): Promise<void> {
     return this.lock.run(async () => {
       const n = this.node(id);
-      if (n.kind === 'dir') throw fsErr('EISDIR');
-      if (n.kind !== 'file') throw fsErr('EINVAL');
+      mustBeFile(n);
       this.writable();
       await this.copyUp(n, { data: size > 0 });
       await truncate(this.upperPath(n), size);
@@ -947,20 +946,18 @@ export class Overlay implements CopyUpHost {
 
   private static readonly IMPLICIT_MAX = 128;
 
-  /** The implicit handle of n (opened on first use): its upper copy read-write once copied up, else the lower file. */
-  private implicitHandle(n: Node, write: boolean): Handle {
+  /** The implicit handle (fh) of n, opened on first use: its upper copy read-write once copied up, else the lower
+   *  file. */
+  private implicitHandle(n: Node, write: boolean): number {
     const fh = this.implicit.get(n);
-    let h = fh === undefined ? undefined : this.handles.get(fh);
-    if (h && (h.upper !== n.upper || (write && !h.upper))) {
-      this.closeHandle(fh!);
-      h = undefined;
-    }
-    if (h) {
+    const h = fh === undefined ? undefined : this.handles.get(fh);
+    if (h && h.upper === n.upper && (!write || h.upper)) {
       this.implicit.delete(n); // most recently used last
       this.implicit.set(n, fh!);
-      return h;
+      return fh!;
     }
-    if (n.kind !== 'file') throw fsErr(n.kind === 'dir' ? 'EISDIR' : 'EINVAL');
+    if (h) this.closeHandle(fh!); // opened before the copy-up (or read-only)
+    mustBeFile(n);
     let fd: number;
     if (n.upper) {
       const p = this.upperPath(n);
@@ -976,7 +973,7 @@ export class Overlay implements CopyUpHost {
     const nfh = this.addHandle(n, fd, n.upper, n.upper ? fsc.O_RDWR : fsc.O_RDONLY);
     this.implicit.set(n, nfh);
     this.trimImplicit(n);
-    return this.handles.get(nfh)!;
+    return nfh;
   }
 
   /** Close the least recently used implicit handles past IMPLICIT_MAX (not those of removed nodes, nor keep's). */
@@ -1010,17 +1007,13 @@ export class Overlay implements CopyUpHost {
 
   /** read() by node id, with no open handle (the kernel sent no OPEN). */
   async readNode(id: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    const n = this.node(id);
-    this.implicitHandle(n, false);
-    return this.read(this.implicit.get(n)!, buf, len, pos);
+    return this.read(this.implicitHandle(this.node(id), false), buf, len, pos);
   }
 
   /** write() by node id: the first write to a lower file copies it up (the kernel sent no OPEN to do it at). */
   async writeNode(id: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    const n = this.node(id);
     await this.prepareWrite(id);
-    this.implicitHandle(n, true);
-    return this.write(this.implicit.get(n)!, buf, len, pos);
+    return this.write(this.implicitHandle(this.node(id), true), buf, len, pos);
   }
 
   /** Copy a lower file up for a write to come by node id (a no-op once upper). Separate from writeNode so that a
@@ -1029,7 +1022,7 @@ export class Overlay implements CopyUpHost {
     const n = this.node(id);
     if (n.upper) return;
     this.writable();
-    if (n.kind !== 'file') throw fsErr(n.kind === 'dir' ? 'EISDIR' : 'EINVAL');
+    mustBeFile(n);
     await this.lock.run(() => this.copyUp(n, { data: true }));
   }
 
@@ -1042,8 +1035,7 @@ export class Overlay implements CopyUpHost {
   async fsyncNode(id: number, datasync: boolean): Promise<void> {
     const n = this.node(id);
     if (n.kind !== 'file' || !n.upper) return; // nothing written through the mount is unsynced elsewhere
-    this.implicitHandle(n, false);
-    return this.fsync(this.implicit.get(n)!, datasync);
+    return this.fsync(this.implicitHandle(n, false), datasync);
   }
 
   private handle(fh: number): Handle {
@@ -1141,6 +1133,12 @@ function hasXattr(p: string, name: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Data I/O and truncate are for regular files: EISDIR for a dir, EINVAL for anything else. */
+function mustBeFile(n: Node): void {
+  if (n.kind === 'dir') throw fsErr('EISDIR');
+  if (n.kind !== 'file') throw fsErr('EINVAL');
 }
 
 function clearLowers(n: Node): void {

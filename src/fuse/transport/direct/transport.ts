@@ -620,10 +620,9 @@ export class DirectTransport {
       case Op.OPENDIR:
         if (this.zeroOpen) return Promise.reject(fsErr('ENOSYS')); // READDIR then comes with fh 0
         return (async () => {
-          const n = c.node(id);
-          if (n.kind !== 'dir') throw fsErr('ENOTDIR');
+          const d = this.dirHandle(id);
           const fh = this.nextDirFh++;
-          this.dirs.set(fh, { id, entries: null, loading: null, parent: n.parent?.ino ?? ROOT_ID });
+          this.dirs.set(fh, d);
           return new Reply(openOut(fh, FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR));
         })();
       case Op.READDIR:
@@ -756,6 +755,13 @@ export class DirectTransport {
     return new Reply(attrOut(await c.getattr(id), this.attrTimeout));
   }
 
+  /** A fresh listing state for dir node id (an OPENDIR's, or zero-open's by node id). */
+  private dirHandle(id: number): DirHandle {
+    const n = this.core.node(id);
+    if (n.kind !== 'dir') throw fsErr('ENOTDIR');
+    return { id, entries: null, loading: null, parent: n.parent?.ino ?? ROOT_ID };
+  }
+
   private async listing(d: DirHandle): Promise<DirEntry[]> {
     if (d.entries) return d.entries;
     d.loading ??= this.core.readdir(d.id);
@@ -766,12 +772,7 @@ export class DirectTransport {
   /** Entries from `offset` on: offsets 1 and 2 are . and .., then the core's listing (cached for the handle). */
   private async readdir(plus: boolean, id: number, fh: number, offset: number, size: number): Promise<Reply> {
     let d = fh === 0 ? this.nodeDirs.get(id) : this.dirs.get(fh);
-    if (!d && fh === 0) {
-      const n = this.core.node(id);
-      if (n.kind !== 'dir') throw fsErr('ENOTDIR');
-      d = { id, entries: null, loading: null, parent: n.parent?.ino ?? ROOT_ID };
-      this.nodeDirs.set(id, d);
-    }
+    if (!d && fh === 0) this.nodeDirs.set(id, (d = this.dirHandle(id)));
     if (!d) throw fsErr('EBADF');
     if (offset === 0) d.entries = d.loading = null; // rewinddir: a fresh listing
     const entries = await this.listing(d);

@@ -33,8 +33,9 @@ function writeStats(transport: string, requests: number): void {
 export async function serve(cfg: MountConfig): Promise<ServerHandle> {
   const log = logger().child({ mnt: cfg.mountpoint });
   process.umask(0); // modes from the kernel already have the caller's umask applied
-  const core = await Overlay.open({ lowerdirs: cfg.lowerdirs, upperdir: cfg.upperdir, workdir: cfg.workdir });
   const kind = cfg.transport ?? defaultTransport();
+  // fuse-native's stat has a 32-bit st_ino: the core hands out numbers that fit
+  const core = await Overlay.open({ lowerdirs: cfg.lowerdirs, upperdir: cfg.upperdir, workdir: cfg.workdir, inoBits: kind === 'fuse-native' ? 32 : 64 });
   const common = {
     mountpoint: cfg.mountpoint,
     fsname: cfg.fsname,
@@ -68,7 +69,7 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
       const m = process.memoryUsage();
       const u = process.cpuUsage();
       try {
-        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: requests(), cpuUs: u.user + u.system, ...extra(), coreNodes: core.nodeCount, rss: m.rss, heapUsed: m.heapUsed }) + '\n');
+        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: requests(), cpuUs: u.user + u.system, ...extra(), coreNodes: core.nodeCount, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external }) + '\n');
       } catch {
         // best effort
       }

@@ -38,12 +38,17 @@ export interface StatLike {
 const NO_KEYS = Object.freeze([]) as unknown as string[];
 
 /**
- * Lower stats of all nodes, 11 doubles per node in one growing Float64Array (an object per node with its fields
- * boxed as heap numbers costs ~4x more). Slots are freed when a node drops its lower stat (copy-up, forget).
+ * Lower stats of all nodes, in chunks of typed arrays: per slot 6 doubles (size, blocks, rdev, three times) and 5
+ * 32-bit fields (mode, nlink, uid, gid, blksize): 68 bytes, where an object with boxed heap numbers costs ~4x more.
+ * Fixed-size chunks, not one array doubled on growth: no copy, no half-empty tail, no old+new peak while copying.
+ * Slots are freed when a node drops its lower stat (copy-up, forget).
  */
-const F = 11;
+const CHUNK = 4096;
+const FD = 6;
+const FU = 5;
 class StatStore {
-  private buf = new Float64Array(F * 1024);
+  private readonly dbl: Float64Array[] = [];
+  private readonly u32: Uint32Array[] = [];
   private readonly freeSlots: number[] = [];
   private used = 0;
 
@@ -51,32 +56,39 @@ class StatStore {
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
       slot = this.used++;
-      if ((slot + 1) * F > this.buf.length) {
-        const b = new Float64Array(this.buf.length * 2);
-        b.set(this.buf);
-        this.buf = b;
+      if (slot >= this.dbl.length * CHUNK) {
+        this.dbl.push(new Float64Array(CHUNK * FD));
+        this.u32.push(new Uint32Array(CHUNK * FU));
       }
     }
-    const b = this.buf;
-    const o = slot * F;
-    b[o] = st.mode;
-    b[o + 1] = st.nlink;
-    b[o + 2] = st.uid;
-    b[o + 3] = st.gid;
-    b[o + 4] = st.rdev;
-    b[o + 5] = st.size;
-    b[o + 6] = st.blksize;
-    b[o + 7] = st.blocks;
-    b[o + 8] = st.atimeMs;
-    b[o + 9] = st.mtimeMs;
-    b[o + 10] = st.ctimeMs;
+    const c = (slot / CHUNK) | 0;
+    const i = slot % CHUNK;
+    const d = this.dbl[c];
+    const u = this.u32[c];
+    let o = i * FD;
+    d[o] = st.size;
+    d[o + 1] = st.blocks;
+    d[o + 2] = st.rdev;
+    d[o + 3] = st.atimeMs;
+    d[o + 4] = st.mtimeMs;
+    d[o + 5] = st.ctimeMs;
+    o = i * FU;
+    u[o] = st.mode;
+    u[o + 1] = st.nlink;
+    u[o + 2] = st.uid;
+    u[o + 3] = st.gid;
+    u[o + 4] = st.blksize;
     return slot;
   }
 
   get(slot: number): StatLike {
-    const b = this.buf;
-    const o = slot * F;
-    return { mode: b[o], nlink: b[o + 1], uid: b[o + 2], gid: b[o + 3], rdev: b[o + 4], size: b[o + 5], blksize: b[o + 6], blocks: b[o + 7], atimeMs: b[o + 8], mtimeMs: b[o + 9], ctimeMs: b[o + 10] };
+    const c = (slot / CHUNK) | 0;
+    const i = slot % CHUNK;
+    const d = this.dbl[c];
+    const u = this.u32[c];
+    const o = i * FD;
+    const p = i * FU;
+    return { mode: u[p], nlink: u[p + 1], uid: u[p + 2], gid: u[p + 3], rdev: d[o + 2], size: d[o], blksize: u[p + 4], blocks: d[o + 1], atimeMs: d[o + 3], mtimeMs: d[o + 4], ctimeMs: d[o + 5] };
   }
 
   free(slot: number): void {
@@ -88,9 +100,25 @@ const statStore = new StatStore();
 /** Shared by every node without lower dirs (never mutated: nodes get a new array). */
 const NO_LOWER_DIRS = Object.freeze([]) as unknown as LowerDir[];
 
+const KINDS: readonly Kind[] = ['dir', 'file', 'symlink', 'other'];
+const UPPER = 4;
+const REMOVED = 8;
+const NO_XATTRS = 16;
+const LAYER_SHIFT = 8;
+/** Layer indexes fit in 16 bits (the kernel's overlay stops at 500 lowers). */
+const LAYER_MAX = 0xffff;
+
 export class Node {
   readonly ino: number;
-  kind: Kind;
+  /** kind, upper, removed, noXattrs and lowerLayer packed in one small integer (see the accessors): five fields
+   *  of their own cost 32 bytes a node more. */
+  private bits = 0;
+  get kind(): Kind {
+    return KINDS[this.bits & 3];
+  }
+  set kind(k: Kind) {
+    this.bits = (this.bits & ~3) | KINDS.indexOf(k);
+  }
   /** The first name leading here (links[0], the one used to reach the upper copy): its dir, null for the root and
    *  for a node whose last name is gone. Kept as two fields: an array of link objects per node costs ~100 bytes. */
   parent: Node | null = null;
@@ -99,9 +127,20 @@ export class Node {
   /** Names beyond the first (hardlinks seen). */
   private moreLinks: Link[] | null = null;
   /** Present in the upper layer (at upperPath). */
-  upper: boolean;
-  /** Non-dirs not yet copied up: the layer index of the lower file (its path: lowerPath). */
-  lowerLayer = -1;
+  get upper(): boolean {
+    return (this.bits & UPPER) !== 0;
+  }
+  set upper(v: boolean) {
+    this.bits = v ? this.bits | UPPER : this.bits & ~UPPER;
+  }
+  /** Non-dirs not yet copied up: the layer index of the lower file (its path: lowerPath); -1 for none. */
+  get lowerLayer(): number {
+    return (this.bits >>> LAYER_SHIFT) - 1;
+  }
+  set lowerLayer(v: number) {
+    if (v < -1 || v >= LAYER_MAX) throw new RangeError(`layer index ${v} out of range`);
+    this.bits = (this.bits & ((1 << LAYER_SHIFT) - 1)) | ((v + 1) << LAYER_SHIFT);
+  }
   /** The lower file's path when it cannot be derived from the first name (see lowerPath). */
   private fixedLowerPath: string | null = null;
   private lowers: LowerDir[] = NO_LOWER_DIRS;
@@ -161,12 +200,22 @@ export class Node {
   /** Bumped by every change of this dir's entries, so a racing lookup knows to retry. */
   gen = 0;
   /** Removed from the namespace (rmdir, or last known name unlinked). */
-  removed = false;
+  get removed(): boolean {
+    return (this.bits & REMOVED) !== 0;
+  }
+  set removed(v: boolean) {
+    this.bits = v ? this.bits | REMOVED : this.bits & ~REMOVED;
+  }
   /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink. */
   nlinkDelta = 0;
   /** Known to have no visible xattrs (the kernel asks for security.capability before every write): getxattr
    *  answers ENODATA without a syscall. Cleared by setxattr and copy-up; removing xattrs keeps it true. */
-  noXattrs = false;
+  get noXattrs(): boolean {
+    return (this.bits & NO_XATTRS) !== 0;
+  }
+  set noXattrs(v: boolean) {
+    this.bits = v ? this.bits | NO_XATTRS : this.bits & ~NO_XATTRS;
+  }
   /** Not copied up: the lower entry's stat, read at lookup. Lower layers do not change while mounted, so getattr
    *  answers from it without a syscall (atime aside) until the copy-up, after which the upper copy is stat'ed. */
   private statSlot = -1;
@@ -183,8 +232,7 @@ export class Node {
 
   constructor(ino: number, kind: Kind, upper: boolean) {
     this.ino = ino;
-    this.kind = kind;
-    this.upper = upper;
+    this.bits = KINDS.indexOf(kind) | (upper ? UPPER : 0); // lowerLayer -1 (stored as 0)
   }
 
   addLink(parent: Node, name: string): void {

@@ -31,7 +31,7 @@ import { randomBytes } from 'node:crypto';
 import { native, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../../common/native.js';
 import { copyUp, copyUpTree, major, minor, type CopyUpHost, type CopyUpOptions } from './copyup.js';
 import { fsErr, isCode } from './errors.js';
-import { AliasIndex, LowerCache, type LowerDir } from './layer.js';
+import { AliasIndex, findName, LowerCache, type LowerDir } from './layer.js';
 import { Mutex } from './mutex.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
@@ -42,17 +42,32 @@ export interface OverlayOptions {
   lowerdirs: string[];
   upperdir?: string;
   workdir?: string;
+  /** Width of the inode numbers handed out: 64 (default), or 32 for a transport whose stat has a 32-bit st_ino
+   *  (fuse-native). In 32 bits a derived number that does not fit is hashed into 32 bits, and the node table alone
+   *  keeps numbers unique: no second map of folded numbers per node. */
+  inoBits?: 32 | 64;
 }
 
 export const ROOT_ID = 1;
 /** Stable inode numbers: st_ino + tag * 2^43 (see newNode); session-only numbers start at 2^52. */
 const INO_LAYER_UNIT = 2 ** 43;
 const FALLBACK_INO_BASE = 2 ** 52;
+/** 32-bit mode: session numbers are taken downwards from the top of the range. */
+const FALLBACK_INO32_TOP = 0xffffffff;
 const NAME_MAX = 255;
+
+/** A derived number in 32 bits: itself when it fits (every layer on one fs), else its high bits (the layer tag)
+ *  mixed into the low ones. 0 stays 0 (no derived number); a clash is the node table's to resolve. */
+function fit32(ino: number): number {
+  if (ino <= 0xffffffff) return ino;
+  return ((ino % 2 ** 32) ^ Math.imul(Math.floor(ino / 2 ** 32), 0x9e3779b1)) >>> 0;
+}
 const O_ACCMODE = 3;
 
 interface Resolution {
   st: Stats;
+  /** The name as a lower listing holds it (the same string, kept by the node instead of the caller's copy). */
+  name?: string;
   upper: boolean;
   lowerPath: string | null;
   lowerLayer: number;
@@ -100,10 +115,11 @@ export class Overlay implements CopyUpHost {
    *  recently used closed past IMPLICIT_MAX; those of removed nodes are pinned until forget (the file may be open). */
   private readonly implicit = new Map<Node, number>();
   /** Merged listings of dirs, valid while the dir's gen, upper flag and lower dirs are unchanged. */
-  private readonly namesCache = new WeakMap<Node, { gen: number; upper: boolean; lowerDirs: LowerDir[]; names: string[] }>();
+  private readonly namesCache = new WeakMap<Node, { gen: number; upper: boolean; lowerDirs: LowerDir[]; names: readonly string[] }>();
   private readonly lock = new Mutex();
   /** Session numbers for nodes whose stable number is taken or unknown (2^52 up: above every derived one). */
-  private nextFallbackIno = FALLBACK_INO_BASE;
+  private nextFallbackIno: number;
+  private readonly ino32: boolean;
   /** Per layer (0 = upper, i + 1 = lower i): the high bits added to st_ino; 0 for layers on the upper's fs. */
   private readonly layerTags: number[];
   private nextFh = 1;
@@ -116,6 +132,8 @@ export class Overlay implements CopyUpHost {
     // inode numbers as the kernel's overlay (xino off) gives them when every layer is on one fs: the real st_ino;
     // layers on another fs get their index in the high bits (st_ino < 2^43, 511 layers: below 2^52)
     this.layerTags = layerDevs.map((dev, i) => (dev === rootStat.dev ? 0 : i));
+    this.ino32 = opts.inoBits === 32;
+    this.nextFallbackIno = this.ino32 ? FALLBACK_INO32_TOP : FALLBACK_INO_BASE;
     this.upper = opts.upperdir ?? null;
     this.work = opts.workdir ? path.join(opts.workdir, 'work') : null;
     this.root = new Node(ROOT_ID, 'dir', this.upper !== null);
@@ -128,7 +146,7 @@ export class Overlay implements CopyUpHost {
   static async open(opts: OverlayOptions): Promise<Overlay> {
     if (opts.lowerdirs.length === 0) throw fsErr('EINVAL', 'no lowerdir');
     const abs = (p: string) => path.resolve(p);
-    const o: OverlayOptions = { lowerdirs: opts.lowerdirs.map(abs), upperdir: opts.upperdir && abs(opts.upperdir), workdir: opts.workdir && abs(opts.workdir) };
+    const o: OverlayOptions = { lowerdirs: opts.lowerdirs.map(abs), upperdir: opts.upperdir && abs(opts.upperdir), workdir: opts.workdir && abs(opts.workdir), inoBits: opts.inoBits };
     for (const d of [...o.lowerdirs, ...(o.upperdir ? [o.upperdir] : [])]) {
       const st = await lstat(d).catch(() => null);
       if (!st?.isDirectory()) throw fsErr('ENOTDIR', `${d} is not a directory`);
@@ -206,6 +224,7 @@ export class Overlay implements CopyUpHost {
   private newNode(kind: Node['kind'], upper: boolean, st: Stats, layer: number, realPath: string): Node {
     const recorded = upper && realPath !== this.freshPath ? readInoXattr(realPath) : null;
     let ino = upper ? (recorded ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
+    if (this.ino32) ino = fit32(ino);
     if (ino <= ROOT_ID || this.nodes.has(ino)) ino = this.fallbackIno();
     const n = new Node(ino, kind, upper);
     this.nodes.set(n.ino, n);
@@ -219,6 +238,17 @@ export class Overlay implements CopyUpHost {
   }
 
   private fallbackIno(): number {
+    if (this.ino32) {
+      // downwards from 2^32 - 1, wrapping above the root: every number is tried before one is reused
+      const next = (v: number) => (v <= ROOT_ID + 1 ? FALLBACK_INO32_TOP : v - 1);
+      for (let i = 0; this.nodes.has(this.nextFallbackIno); i++) {
+        if (i > FALLBACK_INO32_TOP) throw fsErr('EOVERFLOW', 'no free 32-bit inode number');
+        this.nextFallbackIno = next(this.nextFallbackIno);
+      }
+      const ino = this.nextFallbackIno;
+      this.nextFallbackIno = next(ino);
+      return ino;
+    }
     while (this.nodes.has(this.nextFallbackIno)) this.nextFallbackIno++;
     return this.nextFallbackIno++;
   }
@@ -287,8 +317,9 @@ export class Overlay implements CopyUpHost {
       if (p.gen !== gen && attempt < 8) continue;
       const again = p.children.get(name);
       if (again !== undefined) return again;
-      const n = res ? this.materialize(p, name, res) : null;
-      p.children.set(name, n);
+      const key = res?.name ?? name;
+      const n = res ? this.materialize(p, key, res) : null;
+      p.children.set(key, n);
       return n;
     }
   }
@@ -356,18 +387,18 @@ export class Overlay implements CopyUpHost {
   private async resolveLowers(p: Node, name: string, res: Resolution | null): Promise<Resolution | null> {
     for (const ld of p.lowerDirs) {
       const listing = await this.lowerCache.listing(ld.path);
-      const kind = listing.entries.get(name);
-      if (kind === undefined) {
+      const i = findName(listing, name);
+      if (i < 0) {
         if (listing.whiteouts.has(name)) return res;
         continue;
       }
       const full = path.join(ld.path, name);
-      if (kind !== 'd') {
+      if (listing.dirs[i] === 0) {
         if (res) return res; // an upper/higher dir over a lower non-dir: stop merging
-        return { st: lstatSync(full), upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
+        return { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
       }
       if (res && !res.st.isDirectory()) return res;
-      if (!res) res = { st: lstatSync(full), upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
+      if (!res) res = { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
       res.lowerDirs.push({ layer: ld.layer, path: full });
       if (listing.whiteouts.has(name)) return res; // `.wh.X` beside X: X is new in this layer
       if (await isOpaqueDir(full)) return res;
@@ -434,7 +465,7 @@ export class Overlay implements CopyUpHost {
   // ---- readdir ----------------------------------------------------------------------------------------------
 
   /** Visible names of a merged dir: upper first, then each lower; whiteouts of both forms applied, never shown. */
-  private async mergedNames(d: Node): Promise<string[]> {
+  private async mergedNames(d: Node): Promise<readonly string[]> {
     // cached per dir until its entries change through the mount (gen) or its layers do (copy-up, opaque)
     const c = this.namesCache.get(d);
     if (c && c.gen === d.gen && c.upper === d.upper && c.lowerDirs === d.lowerDirs) return c.names;
@@ -446,7 +477,9 @@ export class Overlay implements CopyUpHost {
     return names;
   }
 
-  private async readMergedNames(d: Node): Promise<string[]> {
+  private async readMergedNames(d: Node): Promise<readonly string[]> {
+    // one lower dir and no upper one: its listing is the merged one (no copy of it per dir)
+    if (!d.upper && d.lowerDirs.length === 1) return (await this.lowerCache.listing(d.lowerDirs[0].path)).names;
     const seen = new Set<string>();
     const hidden = new Set<string>();
     const out: string[] = [];
@@ -472,7 +505,7 @@ export class Overlay implements CopyUpHost {
     }
     for (const ld of d.lowerDirs) {
       const listing = await this.lowerCache.listing(ld.path);
-      for (const name of listing.entries.keys()) {
+      for (const name of listing.names) {
         if (seen.has(name) || hidden.has(name)) continue;
         seen.add(name);
         out.push(name);

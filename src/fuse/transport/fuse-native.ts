@@ -98,9 +98,6 @@ export class FuseNativeTransport {
   private fuse: FuseNativeInstance | null = null;
   /** Requests answered (for the per-request CPU figure of LAYERFS_FUSE_STATS). */
   requests = 0;
-  /** fuse-native's stat has a 32-bit st_ino: core numbers (up to 2^53) folded, kept unique within the mount. */
-  private readonly ino32 = new Map<number, number>();
-  private readonly ino32Owner = new Map<number, number>();
   /** Nodes with libfuse `.fuse_hidden*` names (an unlinked file still open): those names are not links. */
   private readonly hidden = new Map<number, number>();
 
@@ -121,22 +118,6 @@ export class FuseNativeTransport {
     return id;
   }
 
-  /**
-   * The core's number when it fits in 32 bits (the usual case: every layer on one fs), else a hash of it. Only
-   * numbers that had to move are recorded (a map entry per node would cost ~5 MB on a 50k-entry tree): a folded
-   * number avoids every node the core knows, and a small number a folded one took before its node appeared moves.
-   */
-  private fold(ino: number): number {
-    const known = this.ino32.get(ino);
-    if (known !== undefined) return known;
-    if (ino <= 0xffffffff && !this.ino32Owner.has(ino)) return ino;
-    let v = ino <= 0xffffffff ? ino : ((ino % 2 ** 32) ^ Math.imul(Math.floor(ino / 2 ** 32), 0x9e3779b1)) >>> 0;
-    while (v <= 1 || this.ino32Owner.has(v) || (v !== ino && this.core.known(v))) v = (v + 0x9e3779b1) >>> 0;
-    this.ino32.set(ino, v);
-    this.ino32Owner.set(v, ino);
-    return v;
-  }
-
   private unhide(ino: number): void {
     const k = (this.hidden.get(ino) ?? 0) - 1;
     if (k > 0) this.hidden.set(ino, k);
@@ -145,7 +126,7 @@ export class FuseNativeTransport {
 
   private statOut(s: NodeStat): Record<string, number> {
     const nlink = Math.max(0, s.nlink - (this.hidden.get(s.ino) ?? 0));
-    return fuseStat(s, this.fold(s.ino), nlink);
+    return fuseStat(s, s.ino, nlink);
   }
 
   private async resolveParent(p: string): Promise<[number, string]> {
@@ -186,8 +167,8 @@ export class FuseNativeTransport {
           const entries = (await c.readdir(id)).filter((e) => !isLibfuseHidden(e.name));
           const up = p === '/' ? id : await this.resolve(splitPath(p)[0]);
           const names = ['.', '..', ...entries.map((e) => e.name)];
-          const f = (ino: number) => this.fold(ino);
-          const stats = [{ mode: TYPE_BITS.dir, ino: f(id) }, { mode: TYPE_BITS.dir, ino: f(up) }, ...entries.map((e) => ({ mode: TYPE_BITS[e.kind], ino: f(e.ino) }))];
+          // inode numbers fit fuse-native's 32-bit st_ino: the server opens the core with inoBits 32
+          const stats = [{ mode: TYPE_BITS.dir, ino: id }, { mode: TYPE_BITS.dir, ino: up }, ...entries.map((e) => ({ mode: TYPE_BITS[e.kind], ino: e.ino }))];
           return [names, stats] as const;
         }, ([names, stats]) => [0, names, stats]),
       readlink: (p: string, cb: Cb) => this.run('readlink', cb, async () => c.readlink(await this.resolve(p)), (t) => [0, t]),

@@ -34,6 +34,7 @@ static const char *errno_name(int e) {
     E(EPERM) E(ENOENT) E(EIO) E(EBADF) E(EACCES) E(EEXIST) E(EXDEV) E(ENOTDIR) E(EISDIR)
     E(EINVAL) E(ENOSPC) E(EROFS) E(EMLINK) E(ERANGE) E(ENAMETOOLONG) E(ENOTEMPTY) E(ENOSYS)
     E(ENODATA) E(ENOTSUP) E(EDQUOT) E(E2BIG) E(ELOOP) E(EBUSY) E(EFAULT) E(ENOMEM)
+    E(ENXIO) E(ESPIPE) E(EFBIG) E(EOVERFLOW) E(ETXTBSY) E(EINTR) E(EAGAIN) E(ENODEV)
 #undef E
     default: return "EUNKNOWN";
   }
@@ -201,6 +202,73 @@ static napi_value n_renameat2(napi_env env, napi_callback_info info) {
   napi_get_value_uint32(env, argv[2], &flags);
   if (syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, flags) != 0) return throw_errno(env, errno, "renameat2", from);
   return NULL;
+}
+
+/* An offset or length argument: a JS number holding an integer 0 <= v < 2^53. */
+static int get_off(napi_env env, napi_value v, int64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || !(d >= 0 && d <= 9007199254740991.0) || d != (double)(int64_t)d) {
+    napi_throw_range_error(env, NULL, "expected an integer offset/length in [0, 2^53)");
+    return -1;
+  }
+  *out = (int64_t)d;
+  return 0;
+}
+
+static int get_fd(napi_env env, napi_value v, int32_t *out) {
+  if (napi_get_value_int32(env, v, out) != napi_ok || *out < 0) {
+    napi_throw_type_error(env, NULL, "expected an fd");
+    return -1;
+  }
+  return 0;
+}
+
+/* fallocate(fd, mode, offset, length): mode bits as fallocate(2) (KEEP_SIZE 1, PUNCH_HOLE 2, ZERO_RANGE 16...). */
+static napi_value n_fallocate(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int32_t fd;
+  uint32_t mode;
+  int64_t off, len;
+  if (get_fd(env, argv[0], &fd) || get_off(env, argv[2], &off) || get_off(env, argv[3], &len)) return NULL;
+  napi_get_value_uint32(env, argv[1], &mode);
+  int r;
+  do r = fallocate(fd, (int)mode, (off_t)off, (off_t)len); while (r != 0 && errno == EINTR);
+  if (r != 0) return throw_errno(env, errno, "fallocate", NULL);
+  return NULL;
+}
+
+/* lseek(fd, offset, whence) -> the new offset (whence SEEK_DATA 3 / SEEK_HOLE 4 too; ENXIO past the data). */
+static napi_value n_lseek(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd, whence;
+  int64_t off;
+  if (get_fd(env, argv[0], &fd) || get_off(env, argv[1], &off)) return NULL;
+  napi_get_value_int32(env, argv[2], &whence);
+  off_t r = lseek(fd, (off_t)off, whence);
+  if (r < 0) return throw_errno(env, errno, "lseek", NULL);
+  napi_value out;
+  napi_create_double(env, (double)r, &out);
+  return out;
+}
+
+/* copyFileRange(fdIn, offIn, fdOut, offOut, len, flags) -> bytes copied (0 at the end of the input). Explicit
+   offsets: the fds' own positions are neither used nor moved. */
+static napi_value n_copy_file_range(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  int32_t fin, fout;
+  int64_t oin, oout, len;
+  uint32_t flags;
+  if (get_fd(env, argv[0], &fin) || get_off(env, argv[1], &oin) || get_fd(env, argv[2], &fout) ||
+      get_off(env, argv[3], &oout) || get_off(env, argv[4], &len))
+    return NULL;
+  napi_get_value_uint32(env, argv[5], &flags);
+  loff_t li = (loff_t)oin, lo = (loff_t)oout;
+  ssize_t n;
+  do n = copy_file_range(fin, &li, fout, &lo, (size_t)len, flags); while (n < 0 && errno == EINTR);
+  if (n < 0) return throw_errno(env, errno, "copy_file_range", NULL);
+  napi_value out;
+  napi_create_double(env, (double)n, &out);
+  return out;
 }
 
 /* dtypeSupported(dir) -> bool: does readdir report d_type here (overlay needs it)? `dir` must hold an entry. */
@@ -376,6 +444,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"llistxattr", NULL, n_llistxattr, NULL, NULL, NULL, napi_default, NULL},
     {"lremovexattr", NULL, n_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
     {"renameat2", NULL, n_renameat2, NULL, NULL, NULL, napi_default, NULL},
+    {"fallocate", NULL, n_fallocate, NULL, NULL, NULL, napi_default, NULL},
+    {"lseek", NULL, n_lseek, NULL, NULL, NULL, napi_default, NULL},
+    {"copyFileRange", NULL, n_copy_file_range, NULL, NULL, NULL, napi_default, NULL},
     {"dtypeSupported", NULL, n_dtype_supported, NULL, NULL, NULL, napi_default, NULL},
     {"watchReadable", NULL, n_watch_readable, NULL, NULL, NULL, napi_default, NULL},
     {"unwatch", NULL, n_unwatch, NULL, NULL, NULL, napi_default, NULL},

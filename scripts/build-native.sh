@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds native/layerfs_native.node: a tiny N-API addon (mknod, l*xattr, renameat2).
+# Builds native/layerfs_native.node: a tiny N-API addon (mknod, l*xattr, renameat2, fallocate, lseek, copy_file_range,
+# the /dev/fuse watcher).
 # Needs a C compiler and Node's headers (Debian: nodejs ships them in /usr/include/node).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -11,6 +11,12 @@ export interface Native {
   llistxattr(path: string): string[];
   lremovexattr(path: string, name: string): void;
   renameat2(from: string, to: string, flags: number): void;
+  /** fallocate(2) on an fd (mode: FALLOC_FL_* bits); throws the backing fs's error (EOPNOTSUPP as code ENOTSUP). */
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  /** lseek(2): the new offset. SEEK_DATA/SEEK_HOLE past the data throw code ENXIO. */
+  lseek(fd: number, offset: number, whence: number): number;
+  /** copy_file_range(2) with explicit offsets (the fds' positions are unused): bytes copied, 0 at end of input. */
+  copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number): number;
   /** Whether readdir reports entry types in `dir` (which must hold at least one entry). */
   dtypeSupported(dir: string): boolean;
   /** Calls cb on the JS thread whenever fd is readable (a libuv poll handle); returns the watcher for unwatch. */
@@ -25,6 +31,11 @@ export const RENAME_EXCHANGE = 2;
 export const RENAME_WHITEOUT = 4;
 export const XATTR_CREATE = 1;
 export const XATTR_REPLACE = 2;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const FALLOC_FL_KEEP_SIZE = 1;
+export const FALLOC_FL_PUNCH_HOLE = 2;
+export const FALLOC_FL_ZERO_RANGE = 16;
 
 function findRepoRoot(): string {
   // this file is at <repo>/src/common/native.ts or <repo>/dist/src/common/native.js

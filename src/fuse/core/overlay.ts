@@ -28,7 +28,7 @@ import {
 } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { native, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, XATTR_CREATE, XATTR_REPLACE } from '../../common/native.js';
+import { native, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, XATTR_CREATE, XATTR_REPLACE } from '../../common/native.js';
 import { copyUp, copyUpTree, major, minor, type CopyUpHost, type CopyUpOptions } from './copyup.js';
 import { fsErr, isCode } from './errors.js';
 import { AliasIndex, findName, LowerCache, type LowerDir } from './layer.js';
@@ -1064,6 +1064,30 @@ export class Overlay implements CopyUpHost {
     return !this.node(id).upper;
   }
 
+  /** fallocate() by node id: a lower file is copied up first, as for a write. */
+  async fallocateNode(id: number, mode: number, offset: number, length: number): Promise<void> {
+    await this.prepareWrite(id);
+    return this.fallocate(this.implicitHandle(this.node(id), true), mode, offset, length);
+  }
+
+  /** lseek() SEEK_DATA / SEEK_HOLE by node id, in the lower file until it is copied up. */
+  async lseekNode(id: number, offset: number, whence: number): Promise<number> {
+    return this.lseek(this.implicitHandle(this.node(id), false), offset, whence);
+  }
+
+  /** copy_file_range() by node ids: the destination is copied up first, as for a write (before the source's handle
+   *  is taken: source and destination may be one lower file). */
+  async copyFileRangeNode(idIn: number, offIn: number, idOut: number, offOut: number, len: number, flags: number): Promise<number> {
+    await this.prepareWrite(idOut);
+    const nIn = this.node(idIn);
+    const nOut = this.node(idOut);
+    const fds = (): [number, number] => {
+      const fdOut = this.handle(this.implicitHandle(nOut, true)).fd;
+      return [this.handle(this.implicitHandle(nIn, false)).fd, fdOut];
+    };
+    return this.copyRange(fds, offIn, offOut, len, flags);
+  }
+
   /** fsync() by node id. */
   async fsyncNode(id: number, datasync: boolean): Promise<void> {
     const n = this.node(id);
@@ -1089,16 +1113,29 @@ export class Overlay implements CopyUpHost {
     return this.addHandle(n, fd, n.upper, flags);
   }
 
-  async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+  /** Handle fh for reading: one opened read-only before its file was copied up follows the data to the upper copy
+   *  (as the kernel does). */
+  private readHandle(fh: number): Handle {
     const h = this.handle(fh);
     if (!h.upper && h.node.upper) {
-      // copied up since this read-only open: follow the data to the upper copy (as the kernel does)
       const fd = openSync(this.upperPath(h.node), fsc.O_RDONLY);
       const old = h.fd;
       h.fd = fd;
-      await closeAsync(old).catch(() => undefined);
       h.upper = true;
+      void closeAsync(old).catch(() => undefined);
     }
+    return h;
+  }
+
+  /** Handle fh for a change of its file: only write opens have one (they copied the file up). */
+  private writeHandle(fh: number): Handle {
+    const h = this.handle(fh);
+    if (!h.upper) throw fsErr('EBADF');
+    return h;
+  }
+
+  async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const h = this.readHandle(fh);
     let done = 0;
     while (done < len) {
       const bytesRead = len <= SYNC_IO_MAX ? readSync(h.fd, buf, done, len - done, pos + done) : (await readAsync(h.fd, buf, done, len - done, pos + done)).bytesRead;
@@ -1109,8 +1146,7 @@ export class Overlay implements CopyUpHost {
   }
 
   async write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    const h = this.handle(fh);
-    if (!h.upper) throw fsErr('EBADF');
+    const h = this.writeHandle(fh);
     let done = 0;
     while (done < len) {
       const bytesWritten = len <= SYNC_IO_MAX ? writeSync(h.fd, buf, done, len - done, pos + done) : (await writeAsync(h.fd, buf, done, len - done, pos + done)).bytesWritten;
@@ -1120,9 +1156,70 @@ export class Overlay implements CopyUpHost {
   }
 
   async ftruncate(fh: number, size: number): Promise<void> {
-    const h = this.handle(fh);
-    if (!h.upper) throw fsErr('EBADF');
-    ftruncateSync(h.fd, size);
+    ftruncateSync(this.writeHandle(fh).fd, size);
+  }
+
+  /** fallocate(2) of a write handle's file. A mode the backing fs lacks fails as it does there (EOPNOTSUPP...). */
+  async fallocate(fh: number, mode: number, offset: number, length: number): Promise<void> {
+    try {
+      native.fallocate(this.writeHandle(fh).fd, mode, offset, length);
+    } catch (err) {
+      // ENOSYS would make a FUSE kernel stop sending fallocate for the whole mount: the mode is what is missing
+      if (isCode(err, 'ENOSYS')) throw fsErr('EOPNOTSUPP');
+      throw err;
+    }
+  }
+
+  /** lseek(2) SEEK_DATA / SEEK_HOLE in the file under fh (the lower file until copied up: nothing is copied).
+   *  Other whences never come (the kernel answers them from its own size): EINVAL. */
+  async lseek(fh: number, offset: number, whence: number): Promise<number> {
+    if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw fsErr('EINVAL');
+    return native.lseek(this.readHandle(fh).fd, offset, whence);
+  }
+
+  /** copy_file_range(2) from the file under fhIn to a write handle's file: bytes copied (0 at the end of the input;
+   *  fewer than len past COPY_MAX, as copy_file_range may). */
+  async copyFileRange(fhIn: number, offIn: number, fhOut: number, offOut: number, len: number, flags: number): Promise<number> {
+    return this.copyRange(() => [this.readHandle(fhIn).fd, this.writeHandle(fhOut).fd], offIn, offOut, len, flags);
+  }
+
+  /** Most bytes one copyFileRange copies, in steps of COPY_STEP with a turn of the loop between them: each step is a
+   *  synchronous syscall on the JS thread, and other requests are answered between steps. */
+  private static readonly COPY_MAX = 64 << 20;
+  private static readonly COPY_STEP = 1 << 20;
+
+  private async copyRange(fds: () => [number, number], offIn: number, offOut: number, len: number, flags: number): Promise<number> {
+    const want = Math.min(len, Overlay.COPY_MAX);
+    let done = 0;
+    let buf: Buffer | null = null;
+    while (done < want) {
+      if (done > 0) await new Promise((r) => setImmediate(r));
+      const step = Math.min(want - done, Overlay.COPY_STEP);
+      let n: number;
+      try {
+        // the fds again each step: an implicit handle may have been closed (LRU) and reopened meanwhile
+        const [fdIn, fdOut] = fds();
+        if (buf === null) {
+          try {
+            n = native.copyFileRange(fdIn, offIn + done, fdOut, offOut + done, step, flags);
+          } catch (err) {
+            // layers on another fs than the upper (EXDEV), or a fs without it: copy through a buffer
+            if (flags !== 0 || !isCode(err, 'EXDEV', 'ENOSYS', 'ENOTSUP', 'EOPNOTSUPP')) throw err;
+            buf = Buffer.allocUnsafe(Overlay.COPY_STEP);
+            continue;
+          }
+        } else {
+          n = readSync(fdIn, buf, 0, step, offIn + done);
+          for (let w = 0; w < n; ) w += writeSync(fdOut, buf, w, n - w, offOut + done + w);
+        }
+      } catch (err) {
+        if (done > 0) return done; // what was copied stays copied: report it, as a short write would
+        throw err;
+      }
+      if (n === 0) break; // end of the input
+      done += n;
+    }
+    return done;
   }
 
   async fsync(fh: number, datasync: boolean): Promise<void> {

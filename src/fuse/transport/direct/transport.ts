@@ -100,7 +100,7 @@ const S_ISGID = 0o2000;
 const TYPE_MODE: Record<DirEntry['kind'], number> = { dir: 0o040000, file: 0o100000, symlink: 0o120000, other: 0 };
 
 /** Ops that only read: an INTERRUPT answers them EINTR at once (the core's work finishes unseen). */
-const INTERRUPTIBLE = new Set<number>([Op.LOOKUP, Op.GETATTR, Op.READ, Op.READDIR, Op.READDIRPLUS, Op.READLINK, Op.GETXATTR, Op.LISTXATTR, Op.STATFS, Op.ACCESS, Op.OPEN, Op.OPENDIR, Op.FSYNC, Op.FSYNCDIR, Op.FLUSH]);
+const INTERRUPTIBLE = new Set<number>([Op.LOOKUP, Op.GETATTR, Op.READ, Op.READDIR, Op.READDIRPLUS, Op.READLINK, Op.GETXATTR, Op.LISTXATTR, Op.STATFS, Op.ACCESS, Op.OPEN, Op.OPENDIR, Op.FSYNC, Op.FSYNCDIR, Op.FLUSH, Op.LSEEK]);
 
 interface DirHandle {
   id: number;
@@ -557,19 +557,55 @@ export class DirectTransport {
         const data = b.subarray(I + 40, I + 40 + size);
         const written = async (): Promise<number> => {
           if (fh !== 0) return c.write(fh, data, data.length, off);
-          if (c.needsCopyUp(id)) {
-            // zero-open: the first write of a lower file copies it up. A signal may end the wait (EINTR, nothing
-            // written; the copy-up goes on), as it may end an OPEN that copies up.
-            fl.interruptible = true;
-            await c.prepareWrite(id);
-            fl.interruptible = false;
-            if (fl.interrupted) return 0; // answered EINTR already: write nothing
-          }
+          if (!(await this.copiedUp(id, fl))) return 0; // answered EINTR already: write nothing
           return c.writeNode(id, data, data.length, off);
         };
-        return written().then((nw) => {
+        return written().then(writeOut);
+      }
+      case Op.FALLOCATE: {
+        const fh = u64(b, I);
+        const off = u64(b, I + 8);
+        const len = u64(b, I + 16);
+        const mode = b.readUInt32LE(I + 24);
+        // the kernel drops its cached attributes after it (and its pages of a punched or zeroed range)
+        const done = async (): Promise<void> => {
+          if (fh !== 0) return c.fallocate(fh, mode, off, len);
+          if (await this.copiedUp(id, fl)) return c.fallocateNode(id, mode, off, len);
+        };
+        return done().then(() => new Reply(null));
+      }
+      case Op.LSEEK: {
+        // SEEK_DATA / SEEK_HOLE only (the kernel answers the others itself)
+        const fh = u64(b, I);
+        const off = u64(b, I + 8);
+        const whence = b.readUInt32LE(I + 16);
+        return (fh === 0 ? c.lseekNode(id, off, whence) : c.lseek(fh, off, whence)).then((pos) => {
           const o = Buffer.alloc(8);
-          o.writeUInt32LE(nw, 0);
+          writeU64(o, pos, 0);
+          return new Reply(o);
+        });
+      }
+      case Op.COPY_FILE_RANGE:
+      case Op.COPY_FILE_RANGE_64: {
+        // source: this request's node; fh 0 on both sides with zero-open (one connection: both or neither)
+        const fhIn = u64(b, I);
+        const offIn = u64(b, I + 8);
+        const idOut = u64(b, I + 16);
+        const fhOut = u64(b, I + 24);
+        const offOut = u64(b, I + 32);
+        const len = u64(b, I + 40);
+        const flags = u64(b, I + 48);
+        const copied = async (): Promise<number> => {
+          if (fhIn !== 0 || fhOut !== 0) return c.copyFileRange(fhIn, offIn, fhOut, offOut, len, flags);
+          if (!(await this.copiedUp(idOut, fl))) return 0;
+          return c.copyFileRangeNode(id, offIn, idOut, offOut, len, flags);
+        };
+        // the core copies at most 64 MiB a request: the 32-bit count of fuse_write_out always holds it. The kernel
+        // then drops its pages of the range written and its cached size and times of the destination.
+        return copied().then((n) => {
+          if (h.opcode === Op.COPY_FILE_RANGE) return writeOut(n);
+          const o = Buffer.alloc(8);
+          writeU64(o, n, 0);
           return new Reply(o);
         });
       }
@@ -656,6 +692,19 @@ export class DirectTransport {
       default:
         return Promise.reject(fsErr('ENOSYS'));
     }
+  }
+
+  /**
+   * Zero-open: before a change by node id (WRITE, FALLOCATE, the destination of COPY_FILE_RANGE) a lower file is
+   * copied up. A signal may end the wait (EINTR, nothing done; the copy-up goes on), as it may end an OPEN that
+   * copies up. false: the request was answered EINTR already and must do nothing.
+   */
+  private async copiedUp(id: number, fl: InFlight): Promise<boolean> {
+    if (!this.core.needsCopyUp(id)) return true;
+    fl.interruptible = true;
+    await this.core.prepareWrite(id);
+    fl.interruptible = false;
+    return !fl.interrupted;
   }
 
   private init(b: Buffer): Reply {
@@ -811,6 +860,13 @@ export class DirectTransport {
     });
     return new Reply(out.subarray(0, pos));
   }
+}
+
+/** fuse_write_out: a count of bytes written (WRITE, COPY_FILE_RANGE). */
+function writeOut(n: number): Reply {
+  const o = Buffer.alloc(8);
+  o.writeUInt32LE(n, 0);
+  return new Reply(o);
 }
 
 /** getxattr/listxattr: size 0 asks for the length; a too small buffer is ERANGE. */

@@ -1024,11 +1024,32 @@ export class Overlay implements CopyUpHost {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
+    this.closeFd(h.fd);
+  }
+
+  /** fds an operation on libuv's pool is using, and how many such operations: closing one of them waits for them.
+   *  A closed fd's number goes to the next open, and a pending read or write would reach that file instead. (An
+   *  implicit handle can be closed by the LRU, or replaced after a copy-up, while a large read runs on it.) */
+  private readonly fdUse = new Map<number, number>();
+  private readonly fdCloseLater = new Set<number>();
+
+  private async usingFd<T>(fd: number, fn: () => Promise<T>): Promise<T> {
+    this.fdUse.set(fd, (this.fdUse.get(fd) ?? 0) + 1);
     try {
-      closeSync(h.fd);
-    } catch {
-      // closed already
+      return await fn();
+    } finally {
+      const left = this.fdUse.get(fd)! - 1;
+      if (left > 0) this.fdUse.set(fd, left);
+      else {
+        this.fdUse.delete(fd);
+        if (this.fdCloseLater.delete(fd)) closeQuietly(fd);
+      }
     }
+  }
+
+  private closeFd(fd: number): void {
+    if (this.fdUse.has(fd)) this.fdCloseLater.add(fd);
+    else closeQuietly(fd);
   }
 
   private dropImplicit(n: Node): void {
@@ -1122,7 +1143,7 @@ export class Overlay implements CopyUpHost {
       const old = h.fd;
       h.fd = fd;
       h.upper = true;
-      void closeAsync(old).catch(() => undefined);
+      this.closeFd(old);
     }
     return h;
   }
@@ -1135,24 +1156,27 @@ export class Overlay implements CopyUpHost {
   }
 
   async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    const h = this.readHandle(fh);
-    let done = 0;
-    while (done < len) {
-      const bytesRead = len <= SYNC_IO_MAX ? readSync(h.fd, buf, done, len - done, pos + done) : (await readAsync(h.fd, buf, done, len - done, pos + done)).bytesRead;
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-    return done;
+    const fd = this.readHandle(fh).fd;
+    if (len <= SYNC_IO_MAX) return readFully(fd, buf, len, pos);
+    return this.usingFd(fd, async () => {
+      let done = 0;
+      while (done < len) {
+        const { bytesRead } = await readAsync(fd, buf, done, len - done, pos + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done;
+    });
   }
 
   async write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    const h = this.writeHandle(fh);
-    let done = 0;
-    while (done < len) {
-      const bytesWritten = len <= SYNC_IO_MAX ? writeSync(h.fd, buf, done, len - done, pos + done) : (await writeAsync(h.fd, buf, done, len - done, pos + done)).bytesWritten;
-      done += bytesWritten;
-    }
-    return done;
+    const fd = this.writeHandle(fh).fd;
+    if (len <= SYNC_IO_MAX) return writeFully(fd, buf, len, pos);
+    return this.usingFd(fd, async () => {
+      let done = 0;
+      while (done < len) done += (await writeAsync(fd, buf, done, len - done, pos + done)).bytesWritten;
+      return done;
+    });
   }
 
   async ftruncate(fh: number, size: number): Promise<void> {
@@ -1223,16 +1247,15 @@ export class Overlay implements CopyUpHost {
   }
 
   async fsync(fh: number, datasync: boolean): Promise<void> {
-    const h = this.handle(fh);
-    if (datasync) await fdatasyncAsync(h.fd);
-    else await fsyncAsync(h.fd);
+    const fd = this.handle(fh).fd;
+    await this.usingFd(fd, () => (datasync ? fdatasyncAsync(fd) : fsyncAsync(fd)));
   }
 
   async release(fh: number): Promise<void> {
     const h = this.handles.get(fh);
     if (!h) return;
     this.handles.delete(fh);
-    closeSync(h.fd);
+    this.closeFd(h.fd);
   }
 
   /** Close every handle (unmount). */
@@ -1242,6 +1265,30 @@ export class Overlay implements CopyUpHost {
     this.implicit.clear();
     await Promise.all(hs.map((h) => closeAsync(h.fd).catch(() => undefined)));
   }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // closed already
+  }
+}
+
+function readFully(fd: number, buf: Buffer, len: number, pos: number): number {
+  let done = 0;
+  while (done < len) {
+    const n = readSync(fd, buf, done, len - done, pos + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+function writeFully(fd: number, buf: Buffer, len: number, pos: number): number {
+  let done = 0;
+  while (done < len) done += writeSync(fd, buf, done, len - done, pos + done);
+  return done;
 }
 
 /** Flags for opening the real file: access mode and sync flags; creation, truncation and append are ours to handle. */

@@ -129,6 +129,30 @@ async function buildLower(lower: string): Promise<void> {
   const fh = await open(path.join(lower, 'sparse'), 'r+');
   await fh.write(pattern(16 << 10, 7), 0, 16 << 10, SPARSE_AT);
   await fh.close();
+  // holes: 64 MiB with 4 KiB of data at 1 MiB and at 40 MiB, copied up by a write in the test
+  await run('truncate', ['-s', String(HOLES_SIZE), path.join(lower, 'holes')]);
+  const hh = await open(path.join(lower, 'holes'), 'r+');
+  for (const at of HOLES_DATA) await hh.write(pattern(4096, at / MiB), 0, 4096, at);
+  await hh.close();
+}
+
+const HOLES_SIZE = 64 * MiB;
+const HOLES_DATA = [MiB, 40 * MiB];
+const SEEKS_HOLES: Op[] = [
+  ['seek', 'holes', 0, SEEK_HOLE],
+  ['seek', 'holes', 4096, SEEK_DATA],
+  ['seek', 'holes', MiB, SEEK_HOLE],
+  ['seek', 'holes', MiB + 4096, SEEK_DATA],
+  ['seek', 'holes', 40 * MiB + 4096, SEEK_DATA],
+];
+
+/** Write one byte at offset 0 of `holes` (a copy-up); what the file then is, through the mount and in the upper. */
+async function copyUpHoles(mnt: string, upper: string): Promise<{ sha: string; size: number; upperBlocks: number; seeks: unknown[] }> {
+  const fh = await open(path.join(mnt, 'holes'), 'r+');
+  await fh.write(Buffer.from('x'), 0, 1, 0);
+  await fh.close();
+  const data = await readFile(path.join(mnt, 'holes'));
+  return { sha: sha(data), size: data.length, upperBlocks: (await stat(path.join(upper, 'holes'))).blocks, seeks: await ops(mnt, SEEKS_HOLES) };
 }
 
 async function statsOf(pid: number, file: string): Promise<Record<string, number>> {
@@ -337,6 +361,22 @@ for (const zeroOpen of [true, false]) {
       await assert.rejects(stat(path.join(m.fuseUpper, 'sparse')), { code: 'ENOENT' });
       // and as kernel overlay gives
       assert.deepEqual([lower, upper, punched], [await ops(m.kern.mnt, SEEKS_LOWER), await ops(m.kern.mnt, SEEKS_UPPER), await ops(m.kern.mnt, SEEKS_PUNCHED)]);
+    });
+
+    test('copy-up of a sparse lower file keeps its holes, as kernel overlay does', async () => {
+      const got = await copyUpHoles(m.fuse.mnt, m.fuseUpper);
+      const want = Buffer.alloc(HOLES_SIZE);
+      for (const at of HOLES_DATA) pattern(4096, at / MiB).copy(want, at);
+      want[0] = 'x'.charCodeAt(0);
+      assert.deepEqual([got.size, got.sha], [HOLES_SIZE, sha(want)]);
+      // 3 pages of data: well under 1 MiB allocated (a dense copy would be 64 MiB)
+      assert.ok(got.upperBlocks * 512 < MiB, `upper blocks ${got.upperBlocks}`);
+      assert.deepEqual(got.seeks, [4096, MiB, MiB + 4096, 40 * MiB, ENXIO]);
+      // kernel overlay: the same data, and holes kept too, at its copy-up's 1 MiB granularity (each 1 MiB chunk
+      // with data is copied whole: 2 MiB allocated here, where this copy-up keeps only the pages with data)
+      const kern = await copyUpHoles(m.kern.mnt, m.kernUpper);
+      assert.deepEqual([kern.size, kern.sha], [got.size, got.sha]);
+      assert.ok(kern.upperBlocks * 512 <= 2 * MiB + 65536, `kernel overlay's upper blocks ${kern.upperBlocks}`);
     });
 
     test('copy_file_range: lower to new, within the mount, within one file, into a lower file, past 64 MiB', async () => {

@@ -10,6 +10,7 @@ import { chmod, copyFile, lchown, link, lstat, lutimes, mkdir, open, readlink, r
 import path from 'node:path';
 import { native, RENAME_NOREPLACE } from '../../common/native.js';
 import { fsErr } from './errors.js';
+import { copySparse } from './rangecopy.js';
 import type { AliasIndex } from './layer.js';
 import type { Node } from './node.js';
 import { lstatOrNull } from './whiteout.js';
@@ -57,6 +58,8 @@ export async function copyUp(h: CopyUpHost, n: Node, opts: CopyUpOptions = {}): 
         break;
       case 'file':
         if (opts.data === false) await (await open(tmp, 'wx', 0o600)).close();
+        // holes stay holes (as kernel overlay's copy-up keeps them); a dense file: libuv's copy, off the JS thread
+        else if (st.blocks * 512 < st.size) await copySparse(src, tmp, st.size);
         else await copyFile(src, tmp, fsc.COPYFILE_EXCL);
         break;
       case 'symlink':

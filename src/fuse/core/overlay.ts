@@ -33,6 +33,7 @@ import { copyUp, copyUpTree, major, minor, type CopyUpHost, type CopyUpOptions }
 import { fsErr, isCode } from './errors.js';
 import { AliasIndex, findName, LowerCache, type LowerDir } from './layer.js';
 import { Mutex } from './mutex.js';
+import { loopTurn, RangeCopier } from './rangecopy.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
 import { isPrivateXattr, listVisible, readInoXattr } from './xattr.js';
@@ -1207,35 +1208,21 @@ export class Overlay implements CopyUpHost {
     return this.copyRange(() => [this.readHandle(fhIn).fd, this.writeHandle(fhOut).fd], offIn, offOut, len, flags);
   }
 
-  /** Most bytes one copyFileRange copies, in steps of COPY_STEP with a turn of the loop between them: each step is a
-   *  synchronous syscall on the JS thread, and other requests are answered between steps. */
+  /** Most bytes one copyFileRange copies, in steps (rangecopy.ts) with a turn of the loop between them: each step
+   *  is a synchronous syscall on the JS thread, and other requests are answered between steps. */
   private static readonly COPY_MAX = 64 << 20;
-  private static readonly COPY_STEP = 1 << 20;
 
   private async copyRange(fds: () => [number, number], offIn: number, offOut: number, len: number, flags: number): Promise<number> {
     const want = Math.min(len, Overlay.COPY_MAX);
+    const copier = new RangeCopier(flags);
     let done = 0;
-    let buf: Buffer | null = null;
     while (done < want) {
-      if (done > 0) await new Promise((r) => setImmediate(r));
-      const step = Math.min(want - done, Overlay.COPY_STEP);
+      if (done > 0) await loopTurn();
       let n: number;
       try {
         // the fds again each step: an implicit handle may have been closed (LRU) and reopened meanwhile
         const [fdIn, fdOut] = fds();
-        if (buf === null) {
-          try {
-            n = native.copyFileRange(fdIn, offIn + done, fdOut, offOut + done, step, flags);
-          } catch (err) {
-            // layers on another fs than the upper (EXDEV), or a fs without it: copy through a buffer
-            if (flags !== 0 || !isCode(err, 'EXDEV', 'ENOSYS', 'ENOTSUP', 'EOPNOTSUPP')) throw err;
-            buf = Buffer.allocUnsafe(Overlay.COPY_STEP);
-            continue;
-          }
-        } else {
-          n = readSync(fdIn, buf, 0, step, offIn + done);
-          for (let w = 0; w < n; ) w += writeSync(fdOut, buf, w, n - w, offOut + done + w);
-        }
+        n = copier.step(fdIn, offIn + done, fdOut, offOut + done, want - done);
       } catch (err) {
         if (done > 0) return done; // what was copied stays copied: report it, as a short write would
         throw err;

@@ -325,6 +325,14 @@ export class Overlay implements CopyUpHost {
     }
   }
 
+  /** The cached answer for `name` in dir `parentId` without a lookup: the node, null if known absent, undefined if
+   *  not cached (or not a dir: lookup then gives the error). */
+  cachedChild(parentId: number, name: string): Node | null | undefined {
+    const p = this.nodes.get(parentId);
+    if (p === undefined || p.kind !== 'dir' || p.removed) return undefined;
+    return p.children.get(name);
+  }
+
   /** Walk a '/'-separated path from the root ('' or '/' = root). */
   async lookupPath(rel: string): Promise<Node | null> {
     let n: Node | null = this.root;

@@ -311,6 +311,10 @@ static int64_t mono_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Microseconds spent polling in watch_fired, all watchers: the CPU the polling costs, so that the CPU a server
+   spends per request can be told apart from it (spinUs()). JS thread only. */
+static int64_t spin_total_us = 0;
+
 static void watch_closed(uv_handle_t *h) {
   fd_watch *w = (fd_watch *)h->data;
   if (w->busy_ref) napi_delete_reference(w->env, w->busy_ref);
@@ -338,10 +342,11 @@ static void watch_fired(uv_poll_t *h, int status, int events) {
     if (w->closing || w->spin_us <= 0 || status < 0 || (w->busy && *w->busy != 0)) break;
     /* a request often follows its reply within microseconds (the caller's next syscall): waiting for it here
        saves the sleep and wake-up of the loop, which on a VM costs more than the request */
-    int64_t until = mono_us() + w->spin_us;
+    int64_t start = mono_us(), until = start + w->spin_us, now = start;
     int ready = 0;
     struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
-    while (!ready && mono_us() < until) ready = poll(&pfd, 1, 0) > 0;
+    while (!ready && (now = mono_us()) < until) ready = poll(&pfd, 1, 0) > 0;
+    spin_total_us += now - start;
     if (!ready) break;
     status = 0;
   }
@@ -406,6 +411,14 @@ static napi_value n_watch_readable(napi_env env, napi_callback_info info) {
   return ext;
 }
 
+/* spinUs() -> number: microseconds spent polling after wake-ups so far (all watchers). */
+static napi_value n_spin_us(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  napi_create_double(env, (double)spin_total_us, &out);
+  return out;
+}
+
 /* unwatch(handle): stop and free a watcher (once). */
 static napi_value n_unwatch(napi_env env, napi_callback_info info) {
   ARGS(1);
@@ -450,6 +463,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"dtypeSupported", NULL, n_dtype_supported, NULL, NULL, NULL, napi_default, NULL},
     {"watchReadable", NULL, n_watch_readable, NULL, NULL, NULL, napi_default, NULL},
     {"unwatch", NULL, n_unwatch, NULL, NULL, NULL, napi_default, NULL},
+    {"spinUs", NULL, n_spin_us, NULL, NULL, NULL, napi_default, NULL},
     {"readNonblock", NULL, n_read_nonblock, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

@@ -158,10 +158,22 @@ mount_fs() {
     layerfs-*)
       local t=${who#layerfs-} flag=()
       [ $has_transport_flag = 1 ] && flag=(--transport "$t")
-      (cd "$cwd" && node "$cli" fuse "${flag[@]}" -o "$o" "$mnt")
+      (cd "$cwd" && LAYERFS_FUSE_STATS="$D/stats.jsonl" node "$cli" fuse "${flag[@]}" -o "$o" "$mnt")
       srv_pid=$(pgrep -f -- "server-main.js .*$mnt\$" | head -n 1 || true)
       ;;
   esac
+}
+# server_stats: the layerfs server's counters (SIGUSR2 appends a JSON line to $D/stats.jsonl): its CPU time, the
+# part of it spent polling /dev/fuse (direct transport) and the requests it served, summed per column
+declare -A cpu_by=() spin_by=() req_by=()
+server_stats() {
+  local n0 line
+  n0=$(wc -l <"$D/stats.jsonl" 2>/dev/null || echo 0)
+  kill -USR2 "$srv_pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do (($(wc -l <"$D/stats.jsonl" 2>/dev/null || echo 0) > n0)) && break; sleep 0.02; done
+  line=$(tail -n 1 "$D/stats.jsonl" 2>/dev/null) || return 0
+  read -r c sp rq < <(node -e 'const j = JSON.parse(process.argv[1]); console.log(Math.round(j.cpuServeUs ?? j.cpuUs), Math.round(j.spinUs ?? 0), j.requests)' "$line") || return 0
+  cpu_by[$srv_who]=$((${cpu_by[$srv_who]:-0} + c)); spin_by[$srv_who]=$((${spin_by[$srv_who]:-0} + sp)); req_by[$srv_who]=$((${req_by[$srv_who]:-0} + rq))
 }
 unmount_fs() {
   if [ -n "$srv_pid" ] && [ -r "/proc/$srv_pid/status" ]; then
@@ -169,6 +181,7 @@ unmount_fs() {
     echo "$srv_who $(tail -n 1 "$results" | cut -d' ' -f1) $kb" >>"$D/rss.txt"
     [[ $srv_who == layerfs-* ]] && ((kb > peak_rss)) && peak_rss=$kb
     ((kb > ${peak_by[$srv_who]:-0})) && peak_by[$srv_who]=$kb
+    [[ $srv_who == layerfs-* ]] && server_stats
   fi
   umount "$mnt" 2>/dev/null || umount -l "$mnt"
   if [ "$srv_who" = floor ]; then
@@ -183,6 +196,7 @@ unmount_fs() {
 results=$D/results.txt
 : >"$results"
 : >"$D/rss.txt"
+: >"$D/stats.jsonl"
 record() { echo "$1 $2 $3" >>"$results"; printf '  %-16s %-22s %8.3fs\n' "$1" "$2" "$3" >&2; }
 
 # ---- steps --------------------------------------------------------------------------------------------------
@@ -272,6 +286,12 @@ node -e '
   const w = hdr.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
   for (const r of table) console.log(r.map((c, i) => (i === 0 ? String(c).padEnd(w[i]) : String(c).padStart(w[i]))).join("  "));
 ' "$results" "$cols"
+echo "layerfs server CPU per request (all rows and reps; CPU time after the mount was ready / requests served; the"
+echo "direct transport's polling of /dev/fuse after wake-ups is counted apart: 'work' is CPU without it):"
+for w in "${!req_by[@]}"; do
+  r=${req_by[$w]}; ((r > 0)) || continue
+  awk -v w="$w" -v c="${cpu_by[$w]}" -v s="${spin_by[$w]}" -v r="$r" 'BEGIN { printf "  %-22s %6.1f us CPU, %6.1f us work (%d requests, %.1f s CPU, %.1f s polling)\n", w, c / r, (c - s) / r, r, c / 1e6, s / 1e6 }'
+done
 echo "layerfs server peak RSS (VmHWM, max over all mounts): $((peak_rss / 1024)) MiB"
 for w in "${!peak_by[@]}"; do echo "  $w: $((peak_by[$w] / 1024)) MiB"; done
 # by mount (named by its last row), max over the reps

@@ -22,6 +22,8 @@ export interface Native {
   /** Calls cb on the JS thread whenever fd is readable (a libuv poll handle); returns the watcher for unwatch. */
   watchReadable(fd: number, cb: (status: number) => void, spinUs?: number, busy?: Int32Array): unknown;
   unwatch(watcher: unknown): void;
+  /** Microseconds spent polling after wake-ups so far (the CPU the polling costs, all watchers). */
+  spinUs(): number;
   /** read(2) into buf: the byte count, or -errno (-EAGAIN on a non-blocking fd with nothing to read). */
   readNonblock(fd: number, buf: Buffer): number;
 }

@@ -5,6 +5,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { logger } from '../common/log.js';
+import { native } from '../common/native.js';
 import { Overlay } from './core/overlay.js';
 import { isMounted, unmount } from './mountinfo.js';
 import { defaultTransport, type MountConfig } from './options.js';
@@ -61,25 +62,34 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     finish();
   };
 
-  // SIGUSR2: append requests, CPU, RSS (and, direct, what the kernel holds) to LAYERFS_FUSE_STATS (tests, benchmarks)
-  const onStats = (extra: () => Record<string, unknown>) =>
+  // SIGUSR2: append requests, CPU, RSS (and, direct, what the kernel holds) to LAYERFS_FUSE_STATS (tests, benchmarks).
+  // cpuServeUs: CPU since the mount was ready (without the start-up's module loading), for CPU per request
+  let cpuAtMount = 0;
+  const cpuNow = () => {
+    const u = process.cpuUsage();
+    return u.user + u.system;
+  };
+  const onStats = (extra: () => Record<string, unknown>) => {
+    cpuAtMount = cpuNow();
     process.on('SIGUSR2', () => {
       const file = process.env.LAYERFS_FUSE_STATS;
       if (!file) return;
       const m = process.memoryUsage();
       const u = process.cpuUsage();
       try {
-        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: requests(), cpuUs: u.user + u.system, ...extra(), coreNodes: core.nodeCount, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external }) + '\n');
+        appendFileSync(file, JSON.stringify({ transport: kind, pid: process.pid, requests: requests(), cpuUs: u.user + u.system, cpuServeUs: u.user + u.system - cpuAtMount, ...extra(), coreNodes: core.nodeCount, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external }) + '\n');
       } catch {
         // best effort
       }
     });
+  };
 
   if (kind === 'direct') {
     const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
     await t.mount();
     requests = () => t.stats.requests;
-    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), byOp: opNames(t.stats.byOp) }));
+    // spinUs: CPU spent polling /dev/fuse after wake-ups (part of cpuUs; the work per request is cpuUs - spinUs)
+    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), spinUs: native.spinUs(), byOp: opNames(t.stats.byOp) }));
     // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
     void t.ended.then((why) => end(why));
   } else {

@@ -379,6 +379,9 @@ export class Overlay implements CopyUpHost {
     if (p.upper) {
       const dir = this.upperPath(p);
       const st = await lstatOrNull(path.join(dir, name));
+      // a dir with no lower dirs (made through the mount, or opaque) has nothing below to hide or merge: the
+      // opaque and `.wh.` checks could not change the answer (a syscall each, twice per file created)
+      if (p.lowerDirs.length === 0) return st && !isWhiteoutStat(st) ? { st, upper: true, lowerPath: null, lowerLayer: -1, lowerDirs: [] } : null;
       if (st) {
         if (isWhiteoutStat(st)) return null;
         res = { st, upper: true, lowerPath: null, lowerLayer: -1, lowerDirs: [] };

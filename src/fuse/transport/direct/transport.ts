@@ -111,8 +111,9 @@ export interface PassthroughStats {
   wanted: boolean;
   /** Negotiated at INIT and not turned off since by a BACKING_OPEN failure that would fail for every file. */
   on: boolean;
-  /** Backing ids registered now. */
+  /** Backing ids registered now, and opens (passthrough or plain) not released yet. */
   backings: number;
+  openNow: number;
   backingOpens: number;
   backingCloses: number;
   /** Opens answered with FOPEN_PASSTHROUGH, and plain ones (served by READ/WRITE). */
@@ -294,7 +295,7 @@ export class DirectTransport {
   }
 
   passthroughStats(): PassthroughStats {
-    return { wanted: this.ptWanted, on: this.ptOn, backings: this.backings.size, ...this.ptCounts };
+    return { wanted: this.ptWanted, on: this.ptOn, backings: this.backings.size, openNow: this.openFiles.size, ...this.ptCounts };
   }
 
   private getBuf(): Buffer {

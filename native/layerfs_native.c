@@ -7,6 +7,7 @@
  * For the direct FUSE transport also a readiness watcher on a file descriptor (a libuv poll handle on the JS
  * thread's loop) and a read that returns -errno instead of throwing: /dev/fuse is read on the JS thread when it
  * is readable, with no threadpool thread and no thread switch between the kernel and the code that answers.
+ * And the FUSE passthrough ioctls (FUSE_DEV_IOC_BACKING_OPEN / _CLOSE) on that /dev/fuse fd.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
@@ -24,6 +25,21 @@
 #include <uv.h>
 #include <poll.h>
 #include <time.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <linux/fuse.h>
+
+/* FUSE passthrough (kernel 6.9+, protocol 7.40): register a backing file with the connection (an id the OPEN reply
+   names with FOPEN_PASSTHROUGH), and unregister it. Older uapi headers (Debian 12's are 7.38) lack them. */
+#ifndef FUSE_DEV_IOC_BACKING_OPEN
+struct fuse_backing_map {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+#define FUSE_DEV_IOC_BACKING_OPEN _IOW(FUSE_DEV_IOC_MAGIC, 1, struct fuse_backing_map)
+#define FUSE_DEV_IOC_BACKING_CLOSE _IOW(FUSE_DEV_IOC_MAGIC, 2, uint32_t)
+#endif
 
 #define PATH_BUF 4352
 #define NAME_BUF 512
@@ -35,6 +51,7 @@ static const char *errno_name(int e) {
     E(EINVAL) E(ENOSPC) E(EROFS) E(EMLINK) E(ERANGE) E(ENAMETOOLONG) E(ENOTEMPTY) E(ENOSYS)
     E(ENODATA) E(ENOTSUP) E(EDQUOT) E(E2BIG) E(ELOOP) E(EBUSY) E(EFAULT) E(ENOMEM)
     E(ENXIO) E(ESPIPE) E(EFBIG) E(EOVERFLOW) E(ETXTBSY) E(EINTR) E(EAGAIN) E(ENODEV)
+    E(ENOTTY) E(EMFILE) E(ENFILE) E(ESTALE)
 #undef E
     default: return "EUNKNOWN";
   }
@@ -449,6 +466,38 @@ static napi_value n_read_nonblock(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* backingOpen(devFd, fd) -> backing id: FUSE_DEV_IOC_BACKING_OPEN of the open file fd on the /dev/fuse connection
+   devFd. The kernel keeps its own reference of the file (fd may be closed after). Throws the errno (EPERM without
+   CAP_SYS_ADMIN or when passthrough was not negotiated, ELOOP past max_stack_depth, ENOTTY on kernels without it). */
+static napi_value n_backing_open(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t dev, fd;
+  if (get_fd(env, argv[0], &dev) || get_fd(env, argv[1], &fd)) return NULL;
+  struct fuse_backing_map map;
+  memset(&map, 0, sizeof map);
+  map.fd = fd;
+  int id;
+  do id = ioctl(dev, FUSE_DEV_IOC_BACKING_OPEN, &map); while (id < 0 && errno == EINTR);
+  if (id < 0) return throw_errno(env, errno, "ioctl(FUSE_DEV_IOC_BACKING_OPEN)", NULL);
+  napi_value out;
+  napi_create_int32(env, id, &out);
+  return out;
+}
+
+/* backingClose(devFd, id): FUSE_DEV_IOC_BACKING_CLOSE. Opens that use the backing file keep it (the kernel's own
+   references); the id is gone for new OPEN replies. */
+static napi_value n_backing_close(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t dev;
+  uint32_t id;
+  if (get_fd(env, argv[0], &dev)) return NULL;
+  napi_get_value_uint32(env, argv[1], &id);
+  int r;
+  do r = ioctl(dev, FUSE_DEV_IOC_BACKING_CLOSE, &id); while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, errno, "ioctl(FUSE_DEV_IOC_BACKING_CLOSE)", NULL);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"mknod", NULL, n_mknod, NULL, NULL, NULL, napi_default, NULL},
@@ -465,6 +514,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"unwatch", NULL, n_unwatch, NULL, NULL, NULL, napi_default, NULL},
     {"spinUs", NULL, n_spin_us, NULL, NULL, NULL, napi_default, NULL},
     {"readNonblock", NULL, n_read_nonblock, NULL, NULL, NULL, napi_default, NULL},
+    {"backingOpen", NULL, n_backing_open, NULL, NULL, NULL, napi_default, NULL},
+    {"backingClose", NULL, n_backing_close, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

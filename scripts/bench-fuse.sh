@@ -3,7 +3,9 @@
 # transport), same dataset, same run.
 #
 # usage: scripts/bench-fuse.sh [reps]           (default 3; medians of the reps are printed)
-# env:   LAYERFS_TRANSPORTS="fuse-native direct"  one layerfs column per transport (`layerfs fuse --transport T`;
+# env:   LAYERFS_TRANSPORTS="fuse-native direct direct-pt"  (the default) one layerfs column per transport
+#                                                 (`layerfs fuse --transport T`; direct-pt: the direct transport with
+#                                                 `-o passthrough`, FUSE passthrough of opened files, kernel 6.9+;
 #                                                 while the CLI lacks --transport only fuse-native runs)
 #        BENCH_FLOOR=1                            add a column "floor": a minimal fuse-native passthrough (no overlay
 #                                                 logic; scripts/fuse-native-floor.ts, same libfuse options as the
@@ -32,7 +34,7 @@ command -v fuse-overlayfs >/dev/null || { echo "bench-fuse: fuse-overlayfs missi
 have_fio=0; command -v fio >/dev/null && have_fio=1
 
 # ---- columns ------------------------------------------------------------------------------------------------
-transports=${LAYERFS_TRANSPORTS:-fuse-native}
+transports=${LAYERFS_TRANSPORTS:-fuse-native direct direct-pt}
 has_transport_flag=0
 node "$cli" fuse --help 2>/dev/null | grep -q -- '--transport' && has_transport_flag=1
 cols="kernel fuse-overlayfs"
@@ -158,6 +160,7 @@ mount_fs() {
     layerfs-*)
       local t=${who#layerfs-} flag=()
       [ $has_transport_flag = 1 ] && flag=(--transport "$t")
+      [ "$t" = direct-pt ] && flag=(--transport direct -o passthrough)
       (cd "$cwd" && LAYERFS_FUSE_STATS="$D/stats.jsonl" node "$cli" fuse "${flag[@]}" -o "$o" "$mnt")
       srv_pid=$(pgrep -f -- "server-main.js .*$mnt\$" | head -n 1 || true)
       ;;
@@ -265,7 +268,7 @@ done
 
 # ---- table --------------------------------------------------------------------------------------------------
 echo
-echo "medians of $reps (seconds); ratio = layerfs / other (lower is better for layerfs)"
+echo "medians of $reps (seconds); ratio = layerfs / other (lower is better for layerfs); X-pt/X = passthrough / without"
 node -e '
   const fs = require("fs"); const cols = process.argv[2].split(" ");
   const by = new Map();
@@ -277,11 +280,14 @@ node -e '
   const rows = [...new Set([...by.keys()].map((k) => k.split(" ")[0]))];
   const lfs = cols.filter((c) => c.startsWith("layerfs"));
   const others = cols.filter((c) => !c.startsWith("layerfs"));
-  const hdr = ["row", ...cols, ...lfs.flatMap((l) => others.map((o) => `${l.replace("layerfs-", "")}/${o === "fuse-overlayfs" ? "fovl" : o}`))];
+  // passthrough columns (layerfs-X-pt) also against the same transport without it (layerfs-X), when both ran
+  const pt = lfs.filter((c) => c.endsWith("-pt") && cols.includes(c.slice(0, -3))).map((c) => [c, c.slice(0, -3)]);
+  const short = (c) => c.replace("layerfs-", "");
+  const hdr = ["row", ...cols, ...lfs.flatMap((l) => others.map((o) => `${short(l)}/${o === "fuse-overlayfs" ? "fovl" : o}`)), ...pt.map(([a, b]) => `${short(a)}/${short(b)}`)];
   const table = [hdr];
   for (const row of rows) {
     const m = Object.fromEntries(cols.map((c) => [c, by.has(row + " " + c) ? med(by.get(row + " " + c)) : NaN]));
-    table.push([row, ...cols.map((c) => m[c].toFixed(3)), ...lfs.flatMap((l) => others.map((o) => (m[l] / m[o]).toFixed(2) + "x"))]);
+    table.push([row, ...cols.map((c) => m[c].toFixed(3)), ...lfs.flatMap((l) => others.map((o) => (m[l] / m[o]).toFixed(2) + "x")), ...pt.map(([a, b]) => (m[a] / m[b]).toFixed(2) + "x")]);
   }
   const w = hdr.map((_, i) => Math.max(...table.map((r) => String(r[i]).length)));
   for (const r of table) console.log(r.map((c, i) => (i === 0 ? String(c).padEnd(w[i]) : String(c).padStart(w[i]))).join("  "));
@@ -295,4 +301,4 @@ done
 echo "layerfs server peak RSS (VmHWM, max over all mounts): $((peak_rss / 1024)) MiB"
 for w in "${!peak_by[@]}"; do echo "  $w: $((peak_by[$w] / 1024)) MiB"; done
 # by mount (named by its last row), max over the reps
-awk '{ k = $1 " " $2; if ($3 > m[k]) m[k] = $3 } END { for (k in m) { split(k, a, " "); printf "  %-22s %-16s %4d MiB\n", a[1], a[2], m[k] / 1024 } }' "$D/rss.txt" | sort
+awk '{ k = $1 " " $2; if ($3 > m[k]) m[k] = $3 } END { for (k in m) { split(k, a, " "); printf "  %-22s %-18s %4d MiB\n", a[1], a[2], m[k] / 1024 } }' "$D/rss.txt" | sort

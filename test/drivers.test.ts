@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { native } from '../src/common/native.js';
 import { cli, cliEntry, cliOk } from './lib/cli.js';
 import { expectedTree } from './lib/expected.js';
-import { FUSE_TRANSPORTS } from './lib/fuse.js';
+import { FUSE_TRANSPORTS, transportEnv, type TestTransport } from './lib/fuse.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
 import { forceUnmount, isMounted, run } from './lib/mounts.js';
 import type { TarEntry } from './lib/tarbuild.js';
@@ -58,7 +58,7 @@ const LAYERS: TarEntry[][] = [
 /** Async walk of a mount: the FUSE server is another process, but keep to async fs on mounts anyway. */
 const snap = (dir: string) => snapshot(dir, { skipXattr: /^(trusted\.overlay\.|security\.)/ });
 
-const DRIVER_CASES: { driver: 'overlay' | 'fuse'; transport?: string }[] = [{ driver: 'overlay' }, ...FUSE_TRANSPORTS.map((transport) => ({ driver: 'fuse' as const, transport }))];
+const DRIVER_CASES: { driver: 'overlay' | 'fuse'; transport?: TestTransport }[] = [{ driver: 'overlay' }, ...FUSE_TRANSPORTS.map((transport) => ({ driver: 'fuse' as const, transport }))];
 for (const { driver, transport } of DRIVER_CASES) {
   describe(`graph driver: ${driver}${transport ? ` (${transport})` : ''}`, () => {
     let scratch: string;
@@ -68,7 +68,7 @@ for (const { driver, transport } of DRIVER_CASES) {
 
     before(async () => {
       scratch = await mkdtemp(path.join(os.tmpdir(), `layerfs-drv-${driver}-`));
-      env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), ...(transport ? { LAYERFS_FUSE_TRANSPORT: transport } : {}) };
+      env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), ...(transport ? transportEnv(transport) : {}) };
       const img = await makeImage(LAYERS);
       await writeOciLayout(path.join(scratch, 'oci'), [{ image: img, name: 'drv/test' }]);
       await cliOk(['image', 'import', path.join(scratch, 'oci')], env);

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/common/native.js';
 import { SERVER_MAIN } from '../src/fuse/index.js';
-import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, isMounted, mountFuse, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
+import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, isMounted, mountFuse, mountKernel, snapshot, tmpDir, transportArgs, transportOption, type Mounted } from './lib/fuse.js';
 import { forceUnmount } from './lib/mounts.js';
 
 const run = promisify(execFile);
@@ -215,7 +215,7 @@ for (const transport of FUSE_TRANSPORTS) {
         await mkdir(mnt);
         await mkdir(path.join(dir, 'u'));
         await mkdir(path.join(dir, 'w'));
-        const o = `lowerdir=${lowers.join(':')},upperdir=${dir}/u,workdir=${dir}/w,transport=${transport}`;
+        const o = `lowerdir=${lowers.join(':')},upperdir=${dir}/u,workdir=${dir}/w,${transportOption(transport)}`;
         await run(process.execPath, [SERVER_MAIN, '-o', o, mnt]);
         assert.ok(await isMounted(mnt));
         assert.equal(await readFile(path.join(mnt, 'etc/motd'), 'utf8'), 'hello from the top\n');
@@ -243,7 +243,7 @@ for (const transport of FUSE_TRANSPORTS) {
 
         // the same through the CLI: `layerfs fuse -o ... MNT` returns once mounted
         const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-        await run(process.execPath, [cli, 'fuse', '--transport', transport, '-o', `lowerdir=${lowers.join(':')}`, '-o', `upperdir=${dir}/u,workdir=${dir}/w`, mnt]);
+        await run(process.execPath, [cli, 'fuse', ...transportArgs(transport), '-o', `lowerdir=${lowers.join(':')}`, '-o', `upperdir=${dir}/u,workdir=${dir}/w`, mnt]);
         assert.equal(await readFile(path.join(mnt, 'etc/motd'), 'utf8'), 'hello from the top\n');
         await run('umount', [mnt]);
         const cliBad = await run(process.execPath, [cli, 'fuse', '-o', `lowerdir=${dir}/nope`, mnt]).then(() => null, (e: { stderr?: string }) => e);

@@ -1,6 +1,7 @@
 /**
  * FALLOCATE, LSEEK (SEEK_DATA / SEEK_HOLE) and COPY_FILE_RANGE on direct-transport mounts, zero-open (requests keyed
- * by node id, fh 0) and with real file handles (LAYERFS_FUSE_ZERO_OPEN=0). Every result is checked against the data
+ * by node id, fh 0), with real file handles (LAYERFS_FUSE_ZERO_OPEN=0) and with passthrough opens (their data read
+ * and written by the kernel from the backing files, these ops still sent with handles). Every result is checked against the data
  * it must give, against the backing files where it reads them, and against kernel overlay running the same steps on
  * the same lower. The servers' request counts show the ops reached them (the kernel falls back silently otherwise:
  * lseek to "all data", copy_file_range to READs and WRITEs). Each server is a child process; this process uses async
@@ -10,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { cleanup, mountFuse, mountKernel, tmpDir, type Mounted } from './lib/fuse.js';
@@ -170,7 +171,7 @@ async function statsOf(pid: number, file: string): Promise<Record<string, number
 const delta = (a: Record<string, number>, b: Record<string, number>, ...names: string[]) => names.reduce((s, n) => s + (b[n] ?? 0) - (a[n] ?? 0), 0);
 
 /** A direct mount (zero-open or not) and a kernel overlay mount of one lower, each with its own upper. */
-async function mounts(tag: string, zeroOpen: boolean, upperFs?: 'tmpfs'): Promise<{ dir: string; lower: string; fuse: Mounted & { pid: number }; kern: Mounted; fuseUpper: string; kernUpper: string; stats: string }> {
+async function mounts(tag: string, zeroOpen: boolean, upperFs?: 'tmpfs', passthrough = false): Promise<{ dir: string; lower: string; fuse: Mounted & { pid: number }; kern: Mounted; fuseUpper: string; kernUpper: string; stats: string }> {
   const dir = await tmpDir(tag);
   dirs.push(dir);
   const lower = path.join(dir, 'lower');
@@ -185,15 +186,17 @@ async function mounts(tag: string, zeroOpen: boolean, upperFs?: 'tmpfs'): Promis
   const [fu, fw, ku, kw] = ['fu', 'fw', 'ku', 'kw'].map((d) => path.join(up, d));
   for (const d of [fu, fw, ku, kw]) await mkdir(d);
   const stats = path.join(dir, 'stats.jsonl');
-  const saved = { zero: process.env.LAYERFS_FUSE_ZERO_OPEN, stats: process.env.LAYERFS_FUSE_STATS };
+  const saved = { zero: process.env.LAYERFS_FUSE_ZERO_OPEN, stats: process.env.LAYERFS_FUSE_STATS, pt: process.env.LAYERFS_FUSE_PASSTHROUGH };
   process.env.LAYERFS_FUSE_STATS = stats;
+  if (passthrough) process.env.LAYERFS_FUSE_PASSTHROUGH = '1';
+  else delete process.env.LAYERFS_FUSE_PASSTHROUGH;
   if (zeroOpen) delete process.env.LAYERFS_FUSE_ZERO_OPEN;
   else process.env.LAYERFS_FUSE_ZERO_OPEN = '0';
   let fuse: Mounted & { pid: number };
   try {
     fuse = await mountFuse([lower], path.join(dir, 'fm'), fu, fw, 'direct');
   } finally {
-    for (const [k, v] of [['LAYERFS_FUSE_ZERO_OPEN', saved.zero], ['LAYERFS_FUSE_STATS', saved.stats]] as const) {
+    for (const [k, v] of [['LAYERFS_FUSE_ZERO_OPEN', saved.zero], ['LAYERFS_FUSE_STATS', saved.stats], ['LAYERFS_FUSE_PASSTHROUGH', saved.pt]] as const) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
@@ -282,12 +285,15 @@ async function contents(root: string, names: string[]): Promise<Record<string, {
   return out;
 }
 
-for (const zeroOpen of [true, false]) {
-  const label = zeroOpen ? 'zero-open, by node id' : 'real file handles (LAYERFS_FUSE_ZERO_OPEN=0)';
+// passthrough: the kernel reads and writes the backing files itself, and still sends these ops, with handles
+for (const mode of ['zero', 'fh', 'pt'] as const) {
+  const zeroOpen = mode === 'zero';
+  const pt = mode === 'pt';
+  const label = { zero: 'zero-open, by node id', fh: 'real file handles (LAYERFS_FUSE_ZERO_OPEN=0)', pt: 'passthrough opens (LAYERFS_FUSE_PASSTHROUGH=1)' }[mode];
   describe(`direct transport: fallocate, SEEK_DATA/SEEK_HOLE, copy_file_range (${label})`, () => {
     let m: Awaited<ReturnType<typeof mounts>>;
     before(async () => {
-      m = await mounts(zeroOpen ? 'frange0' : 'frangefh', zeroOpen);
+      m = await mounts(`frange${mode}`, zeroOpen, undefined, pt);
     });
 
     test('fallocate: preallocate a new file, punch a hole in a lower file (copied up), zero a range, keep size', async () => {
@@ -381,6 +387,9 @@ for (const zeroOpen of [true, false]) {
 
     test('copy_file_range: lower to new, within the mount, within one file, into a lower file, past 64 MiB', async () => {
       await readFile(path.join(m.fuse.mnt, 'dst.bin')); // cached: the copy must drop the range it writes
+      // passthrough refuses a write open of a lower file that a passthrough open is reading (the copy's own source
+      // here: fuse-passthrough.test.ts): the file within one lower file is copied up first (chmod), on both mounts
+      if (pt) for (const root of [m.fuse.mnt, m.kern.mnt]) await chmod(path.join(root, 'self.bin'), 0o644);
       const dstBefore = await stat(path.join(m.fuse.mnt, 'dst.bin'));
       const s0 = await statsOf(m.fuse.pid, m.stats);
       const res = (await ops(m.fuse.mnt, COPIES)) as [number, number][];
@@ -419,7 +428,7 @@ for (const zeroOpen of [true, false]) {
     });
 
     test('upper on another fs (tmpfs): copy_file_range from the lower falls back to a buffer copy; fallocate -z fails as tmpfs does', async () => {
-      const x = await mounts(zeroOpen ? 'frangex0' : 'frangexfh', zeroOpen, 'tmpfs');
+      const x = await mounts(`frangex${mode}`, zeroOpen, 'tmpfs', pt);
       try {
         const steps: Op[] = [
           ['copy', 'src.bin', 0, 'x', 0, 4 * MiB],

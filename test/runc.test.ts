@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { cliOk } from './lib/cli.js';
-import { FUSE_TRANSPORTS } from './lib/fuse.js';
+import { FUSE_TRANSPORTS, transportEnv, type TestTransport } from './lib/fuse.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
 import { forceUnmount, run } from './lib/mounts.js';
 
@@ -43,7 +43,7 @@ after(async () => {
   await rm(scratch, { recursive: true, force: true });
 });
 
-const RUNC_CASES: { driver: 'overlay' | 'fuse'; transport?: string }[] = [{ driver: 'overlay' }, ...FUSE_TRANSPORTS.map((transport) => ({ driver: 'fuse' as const, transport }))];
+const RUNC_CASES: { driver: 'overlay' | 'fuse'; transport?: TestTransport }[] = [{ driver: 'overlay' }, ...FUSE_TRANSPORTS.map((transport) => ({ driver: 'fuse' as const, transport }))];
 for (const { driver, transport } of RUNC_CASES) {
   const tag = transport ? `${driver}-${transport}` : driver;
   test(`runc runs a container on a ${driver} mount${transport ? ` (${transport})` : ''}; its write lands in the RW layer`, async () => {
@@ -51,7 +51,7 @@ for (const { driver, transport } of RUNC_CASES) {
     const rootfs = path.join(bundle, 'rootfs');
     await mkdir(bundle, { recursive: true });
     mounts.push(rootfs);
-    const id = (await cliOk(['mount', 'runc/busybox', rootfs, '--driver', driver, ...(transport ? ['--transport', transport] : [])], env)).trim();
+    const id = (await cliOk(['mount', 'runc/busybox', rootfs, '--driver', driver], { ...env, ...(transport ? transportEnv(transport) : {}) })).trim();
     await run('runc', ['spec'], { cwd: bundle });
     const spec = JSON.parse(await readFile(path.join(bundle, 'config.json'), 'utf8'));
     spec.process.terminal = false;

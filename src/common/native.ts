@@ -26,6 +26,12 @@ export interface Native {
   spinUs(): number;
   /** read(2) into buf: the byte count, or -errno (-EAGAIN on a non-blocking fd with nothing to read). */
   readNonblock(fd: number, buf: Buffer): number;
+  /** FUSE_DEV_IOC_BACKING_OPEN: registers open file fd as a backing file of the /dev/fuse connection devFd; returns
+   *  its backing id (for FOPEN_PASSTHROUGH open replies). Throws EPERM (no CAP_SYS_ADMIN, or passthrough not
+   *  negotiated), ELOOP (fd's fs stacked max_stack_depth deep), ENOTTY (kernel without passthrough)... */
+  backingOpen(devFd: number, fd: number): number;
+  /** FUSE_DEV_IOC_BACKING_CLOSE: the id is no longer valid for new opens (opens using it keep the file). */
+  backingClose(devFd: number, id: number): void;
 }
 
 export const RENAME_NOREPLACE = 1;

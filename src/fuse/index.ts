@@ -26,12 +26,14 @@ export interface FuseMountOptions {
   mountpoint: string;
   /** Default: defaultTransport() (direct as root). */
   transport?: Transport;
+  /** FUSE passthrough (`-o passthrough`; direct transport). */
+  passthrough?: boolean;
 }
 
 /** Spawn the server process for one mount; resolves when the mount is ready. */
 export async function startFuseMount(o: FuseMountOptions): Promise<{ pid: number }> {
   const abs = (p: string) => path.resolve(p);
-  const opt = formatMountOptions({ lowerdirs: o.lowerdirs.map(abs), upperdir: o.upperdir && abs(o.upperdir), workdir: o.workdir && abs(o.workdir), transport: o.transport });
+  const opt = formatMountOptions({ lowerdirs: o.lowerdirs.map(abs), upperdir: o.upperdir && abs(o.upperdir), workdir: o.workdir && abs(o.workdir), transport: o.transport, passthrough: o.passthrough });
   return spawnServer(['-o', opt, abs(o.mountpoint)]);
 }
 

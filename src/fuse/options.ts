@@ -13,6 +13,9 @@ export interface MountConfig {
   debug?: boolean;
   /** direct (/dev/fuse spoken here) or fuse-native (libfuse 2); default: defaultTransport(). */
   transport?: Transport;
+  /** FUSE passthrough (direct transport, kernel 6.9+): opened regular files are read and written by the kernel
+   *  straight from their backing file. `-o passthrough`, or env LAYERFS_FUSE_PASSTHROUGH=1. */
+  passthrough?: boolean;
   /** Options we pass through to libfuse as they are (e.g. allow_root). */
   extra: string[];
 }
@@ -73,6 +76,9 @@ export function parseMountOptions(opts: string[], mountpoint: string): MountConf
       case 'debug':
         cfg.debug = true;
         break;
+      case 'passthrough':
+        cfg.passthrough = true;
+        break;
       case 'ro':
         cfg.upperdir = undefined;
         cfg.workdir = undefined;
@@ -90,12 +96,13 @@ export function parseMountOptions(opts: string[], mountpoint: string): MountConf
 }
 
 /** The -o string for a config (what the server process is given). */
-export function formatMountOptions(c: { lowerdirs: string[]; upperdir?: string; workdir?: string; transport?: Transport }): string {
+export function formatMountOptions(c: { lowerdirs: string[]; upperdir?: string; workdir?: string; transport?: Transport; passthrough?: boolean }): string {
   const esc = (p: string) => p.replace(/:/g, '\\:');
   const parts = [`lowerdir=${c.lowerdirs.map(esc).join(':')}`];
   if (c.upperdir) parts.push(`upperdir=${c.upperdir}`);
   if (c.workdir) parts.push(`workdir=${c.workdir}`);
   if (c.transport) parts.push(`transport=${c.transport}`);
+  if (c.passthrough) parts.push('passthrough');
   for (const p of [...c.lowerdirs, c.upperdir ?? '', c.workdir ?? '']) {
     if (p.includes(',')) throw new LayerfsError('EUSAGE', 'fuse', `path with a comma: ${p}`);
   }

@@ -85,14 +85,15 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
   };
 
   if (kind === 'direct') {
-    const t = new DirectTransport(core, { ...common, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
+    const t = new DirectTransport(core, { ...common, passthrough: cfg.passthrough, extraOptions: cfg.extra.filter((o) => !o.startsWith('max_read') && !o.startsWith('blksize') && o !== 'auto_unmount') }, log);
     await t.mount();
     requests = () => t.stats.requests;
     // spinUs: CPU spent polling /dev/fuse after wake-ups (part of cpuUs; the work per request is cpuUs - spinUs)
-    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), spinUs: native.spinUs(), byOp: opNames(t.stats.byOp) }));
+    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), spinUs: native.spinUs(), byOp: opNames(t.stats.byOp), passthrough: t.passthroughStats() }));
     // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
     void t.ended.then((why) => end(why));
   } else {
+    if (cfg.passthrough) log.info('fuse: passthrough is for the direct transport: fuse-native serves reads and writes itself');
     const t = new FuseNativeTransport(core, common, log);
     await t.mount();
     requests = () => t.requests;

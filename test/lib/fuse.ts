@@ -109,12 +109,31 @@ export async function mountKernel(lowers: string[], mnt: string, upper?: string,
   return { mnt, stop: () => forceUnmount(mnt) };
 }
 
-/** The FUSE transports the shared test tables run against (LAYERFS_TEST_TRANSPORTS="direct" narrows them). */
-export const FUSE_TRANSPORTS: Transport[] = (process.env.LAYERFS_TEST_TRANSPORTS?.split(/[\s,]+/).filter(Boolean) as Transport[] | undefined) ?? ['direct', 'fuse-native'];
+/** A transport as the shared tests name it: `direct-pt` is the direct transport with `-o passthrough`. */
+export type TestTransport = Transport | 'direct-pt';
 
-export async function mountFuse(lowers: string[], mnt: string, upper?: string, work?: string, transport?: Transport): Promise<Mounted & { pid: number }> {
+/** The FUSE transports the shared test tables run against (LAYERFS_TEST_TRANSPORTS="direct" narrows them). */
+export const FUSE_TRANSPORTS: TestTransport[] = (process.env.LAYERFS_TEST_TRANSPORTS?.split(/[\s,]+/).filter(Boolean) as TestTransport[] | undefined) ?? ['direct', 'direct-pt', 'fuse-native'];
+
+/** The -o options that select a test transport. */
+export function transportOption(t: TestTransport): string {
+  return t === 'direct-pt' ? 'transport=direct,passthrough' : `transport=${t}`;
+}
+
+/** The same as `layerfs fuse` arguments. */
+export function transportArgs(t: TestTransport): string[] {
+  return t === 'direct-pt' ? ['--transport', 'direct', '-o', 'passthrough'] : ['--transport', t];
+}
+
+/** The environment that selects a test transport for the CLI (`layerfs mount --driver fuse`, the graph driver). */
+export function transportEnv(t: TestTransport): Record<string, string> {
+  return t === 'direct-pt' ? { LAYERFS_FUSE_TRANSPORT: 'direct', LAYERFS_FUSE_PASSTHROUGH: '1' } : { LAYERFS_FUSE_TRANSPORT: t };
+}
+
+export async function mountFuse(lowers: string[], mnt: string, upper?: string, work?: string, transport?: TestTransport): Promise<Mounted & { pid: number }> {
   await mkdir(mnt, { recursive: true });
-  const { pid } = await startFuseMount({ lowerdirs: lowers, upperdir: upper, workdir: work, mountpoint: mnt, ...(transport ? { transport } : {}) });
+  const t = transport === 'direct-pt' ? { transport: 'direct' as const, passthrough: true } : transport ? { transport } : {};
+  const { pid } = await startFuseMount({ lowerdirs: lowers, upperdir: upper, workdir: work, mountpoint: mnt, ...t });
   return {
     mnt,
     pid,

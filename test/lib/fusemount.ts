@@ -11,8 +11,9 @@ import { forceUnmount, waitProcessGone } from './mounts.js';
 
 const run = promisify(execFile);
 
-export type TransportName = 'direct' | 'fuse-native';
-export const TRANSPORT_NAMES: TransportName[] = ['fuse-native', 'direct'];
+/** `direct-pt`: the direct transport with `-o passthrough`. */
+export type TransportName = 'direct' | 'fuse-native' | 'direct-pt';
+export const TRANSPORT_NAMES: TransportName[] = ['fuse-native', 'direct', 'direct-pt'];
 
 /** Does this build know the `transport=` option (and so the direct transport)? */
 export function transportOptionKnown(): boolean {
@@ -41,7 +42,7 @@ export async function mountWith(t: TransportName, lowers: string[], mnt: string,
   await mkdir(mnt, { recursive: true });
   let o = `lowerdir=${lowers.join(':')}`;
   if (upper) o += `,upperdir=${upper},workdir=${work}`;
-  if (transportOptionKnown()) o += `,transport=${t}`;
+  if (transportOptionKnown()) o += t === 'direct-pt' ? ',transport=direct,passthrough' : `,transport=${t}`;
   await run(process.execPath, [SERVER_MAIN, '-o', o, mnt]);
   const { stdout } = await run('pgrep', ['-f', `server-main.js -f --ready-fd 3 -o ${o} ${mnt}`]).catch(() => ({ stdout: '' }));
   const pid = Number(stdout.trim().split('\n')[0] || 0);

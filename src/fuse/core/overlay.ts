@@ -1134,6 +1134,13 @@ export class Overlay implements CopyUpHost {
     return h;
   }
 
+  /** The backing file of handle fh as it was opened (a transport hands it to the kernel: FUSE passthrough): its fd
+   *  (ours, closed at release) and whether it is the upper copy or the lower file. */
+  handleFile(fh: number): { fd: number; upper: boolean } {
+    const h = this.handle(fh);
+    return { fd: h.fd, upper: h.upper };
+  }
+
   async open(id: number, flags: number): Promise<number> {
     const n = this.node(id);
     if (n.kind === 'dir' && (flags & O_ACCMODE) !== fsc.O_RDONLY) throw fsErr('EISDIR');

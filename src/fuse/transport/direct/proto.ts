@@ -84,9 +84,17 @@ export const INIT = {
   INIT_EXT: 1 << 30,
 } as const;
 
+/** fuse_init_in/out flags2 (bits 32-63 of the flags, with INIT_EXT). */
+export const INIT2 = {
+  /** FUSE_PASSTHROUGH (bit 37): opens may name a backing file (kernel 6.9+, protocol 7.40). */
+  PASSTHROUGH: 1 << 5,
+} as const;
+
 export const FOPEN_DIRECT_IO = 1;
 export const FOPEN_KEEP_CACHE = 2;
 export const FOPEN_CACHE_DIR = 8;
+/** Reads, writes and mmap of this open go to the backing file named by fuse_open_out.backing_id (7.40). */
+export const FOPEN_PASSTHROUGH = 1 << 7;
 
 /** fuse_setattr_in.valid bits. */
 export const FATTR = {
@@ -224,10 +232,12 @@ export function attrOut(s: NodeStat, attrTimeout: number): Buffer {
   return b;
 }
 
-export function openOut(fh: number, flags: number): Buffer {
+/** fuse_open_out: fh u64, open_flags u32, backing_id i32 (with FOPEN_PASSTHROUGH). */
+export function openOut(fh: number, flags: number, backingId = 0): Buffer {
   const b = Buffer.alloc(OPEN_OUT);
   writeU64(b, fh, 0);
   b.writeUInt32LE(flags, 8);
+  b.writeInt32LE(backingId, 12);
   return b;
 }
 

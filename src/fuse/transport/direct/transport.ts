@@ -12,6 +12,11 @@
  *    per node id, and when FORGET brings one to 0 the core may drop the node (those it can rebuild with the same
  *    number: see Overlay.forget), so memory follows what the kernel caches.
  *  - the read loop ends on ENODEV (unmounted or connection aborted).
+ *  - passthrough (opt-in, `-o passthrough`, kernel 6.9+): OPEN and CREATE of regular files are answered with a
+ *    backing file registered with the kernel (FUSE_DEV_IOC_BACKING_OPEN), and the kernel reads, writes and mmaps it
+ *    itself: no READ/WRITE requests for that open. See openFile for the rules the kernel imposes and how the overlay
+ *    fits them (one backing file per node at a time; ETXTBSY for a change to a lower file that a passthrough open
+ *    is reading), and attach for the fallback to plain opens.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, constants as fsc, fstatSync, openSync, read, writevSync } from 'node:fs';
@@ -31,11 +36,13 @@ import {
   FATTR,
   FOPEN_CACHE_DIR,
   FOPEN_KEEP_CACHE,
+  FOPEN_PASSTHROUGH,
   FUSE_GETATTR_FH,
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
   IN_HEADER,
   INIT,
+  INIT2,
   Op,
   OUT_HEADER,
   openOut,
@@ -71,6 +78,11 @@ export interface DirectOptions {
    *  and writes come keyed by node id (the core's readNode/writeNode; a lower file is copied up at its first write),
    *  creating a file is MKNOD and the kernel caches data and listings across opens (its no-open defaults). */
   zeroOpen?: boolean;
+  /** FUSE passthrough (default off; env LAYERFS_FUSE_PASSTHROUGH=1 turns it on): OPEN and CREATE of regular files
+   *  are answered (no zero-open for files; dirs keep it) with the file's backing file, which the kernel then reads
+   *  and writes without READ/WRITE requests. Without kernel support, or where the kernel refuses a backing file,
+   *  opens are plain ones served by READ/WRITE. */
+  passthrough?: boolean;
 }
 
 /**
@@ -92,6 +104,45 @@ export interface TransportStats {
   interrupts: number;
   byOp: Record<string, number>;
 }
+
+/** What passthrough did (SIGUSR2 stats). */
+export interface PassthroughStats {
+  /** Asked for (option or env). */
+  wanted: boolean;
+  /** Negotiated at INIT and not turned off since by a BACKING_OPEN failure that would fail for every file. */
+  on: boolean;
+  /** Backing ids registered now, and opens (passthrough or plain) not released yet. */
+  backings: number;
+  openNow: number;
+  backingOpens: number;
+  backingCloses: number;
+  /** Opens answered with FOPEN_PASSTHROUGH, and plain ones (served by READ/WRITE). */
+  passthroughOpens: number;
+  plainOpens: number;
+  /** BACKING_OPEN failures (each errno is logged once at info). */
+  failures: number;
+  /** Changes refused ETXTBSY: a write open or truncate of a lower file that passthrough opens are reading. */
+  busy: number;
+}
+
+/** A backing file registered for a node: one per node at a time (the kernel's rule), shared by its opens. */
+interface Backing {
+  id: number;
+  /** The upper copy, or the lower file (of a node not copied up when it was registered). */
+  upper: boolean;
+  /** Opens answered with it and not released yet. */
+  opens: number;
+}
+
+/** An answered OPEN/CREATE until its RELEASE: its node and its backing (null: a plain open). */
+interface OpenFile {
+  id: number;
+  backing: Backing | null;
+}
+
+/** BACKING_OPEN errors that would fail for every file of the mount: passthrough is turned off (EPERM: no
+ *  CAP_SYS_ADMIN; ENOTTY, ENOSYS, EOPNOTSUPP: no support). Others (ELOOP: a layer on a stacked fs) are per file. */
+const BACKING_GLOBAL_ERRORS = new Set(['EPERM', 'ENOTTY', 'ENOSYS', 'ENOTSUP', 'EOPNOTSUPP']);
 
 const ENODEV = osc.errno.ENODEV;
 const S_IFMT = 0o170000;
@@ -138,7 +189,26 @@ export class DirectTransport {
   private readonly dirs = new Map<number, DirHandle>();
   /** Zero-open: listings being read by dir node id (no OPENDIR, so no handle); dropped when a listing is read out. */
   private readonly nodeDirs = new Map<number, DirHandle>();
+  /** Zero-open for files (OPEN and CREATE answered ENOSYS): off with passthrough, which needs OPEN. */
   private readonly zeroOpen: boolean;
+  /** Zero-open for dirs (OPENDIR answered ENOSYS). */
+  private readonly zeroOpenDirs: boolean;
+  private readonly ptWanted: boolean;
+  /** Passthrough negotiated and not turned off by a global BACKING_OPEN failure. */
+  private ptOn = false;
+  /** Test hook (LAYERFS_FUSE_PASSTHROUGH_FAIL=EPERM...): BACKING_OPEN fails with that code, as on a kernel or a
+   *  process that cannot do it. */
+  private readonly ptForcedError: string | null;
+  /** node id -> its backing file while passthrough opens of it live (at most one per node: iomode.c). */
+  private readonly backings = new Map<number, Backing>();
+  /** node id -> plain opens of it not released yet (the kernel's cached io mode: no passthrough open meanwhile). */
+  private readonly plainOpens = new Map<number, number>();
+  /** fh -> an open answered and not released yet (passthrough mode only). */
+  private readonly openFiles = new Map<number, OpenFile>();
+  /** node id -> the tail of the chain of OPENs (and truncates) of it: run one at a time (see openFile). */
+  private readonly nodeChains = new Map<number, Promise<void>>();
+  private readonly ptLogged = new Set<string>();
+  private readonly ptCounts = { backingOpens: 0, backingCloses: 0, passthroughOpens: 0, plainOpens: 0, failures: 0, busy: 0 };
   private nextDirFh = 1;
   private readonly inflight = new Map<bigint, InFlight>();
   /** [0] = requests in flight, read by the poll loop's native side: it polls before sleeping only when 0 (otherwise
@@ -164,7 +234,10 @@ export class DirectTransport {
     this.attrTimeout = opts.attrTimeout ?? 86400;
     this.maxWrite = opts.maxWrite ?? 1 << 20;
     this.bufSize = this.maxWrite + 4096;
-    this.zeroOpen = opts.zeroOpen ?? process.env.LAYERFS_FUSE_ZERO_OPEN !== '0';
+    this.ptWanted = opts.passthrough ?? process.env.LAYERFS_FUSE_PASSTHROUGH === '1';
+    this.ptForcedError = process.env.LAYERFS_FUSE_PASSTHROUGH_FAIL || null;
+    this.zeroOpenDirs = opts.zeroOpen ?? process.env.LAYERFS_FUSE_ZERO_OPEN !== '0';
+    this.zeroOpen = this.zeroOpenDirs && !this.ptWanted;
     if (this.zeroOpen) core.nodeKeyedIo = true;
     this.ended = new Promise((r) => (this.endResolve = r));
   }
@@ -219,6 +292,10 @@ export class DirectTransport {
   /** Node ids the kernel holds a lookup on. */
   nodeCount(): number {
     return this.nlookup.size;
+  }
+
+  passthroughStats(): PassthroughStats {
+    return { wanted: this.ptWanted, on: this.ptOn, backings: this.backings.size, openNow: this.openFiles.size, ...this.ptCounts };
   }
 
   private getBuf(): Buffer {
@@ -444,7 +521,11 @@ export class DirectTransport {
 
   /** A reply nobody waits for any more: undo what it would have handed the kernel (a handle). */
   private dropLate(h: InHeader, r: Reply): void {
-    if (h.opcode === Op.OPEN && Buffer.isBuffer(r.payload)) void this.core.release(u64(r.payload, 0)).catch(() => undefined);
+    if (h.opcode === Op.OPEN && Buffer.isBuffer(r.payload)) {
+      const fh = u64(r.payload, 0);
+      this.released(fh);
+      void this.core.release(fh).catch(() => undefined);
+    }
     if (h.opcode === Op.OPENDIR && Buffer.isBuffer(r.payload)) this.dirs.delete(u64(r.payload, 0));
     if (h.opcode === Op.LOOKUP && Buffer.isBuffer(r.payload)) {
       const id = u64(r.payload, 0);
@@ -476,6 +557,8 @@ export class DirectTransport {
         return c.getattr(id).then((s) => new Reply(attrOut(s, this.attrTimeout)));
       }
       case Op.SETATTR:
+        // a truncate waits for the node's OPENs in progress (it may be refused: see openFile)
+        if (this.ptWanted && b.readUInt32LE(I) & FATTR.SIZE) return this.serialized(id, () => this.setattr(h, b));
         return this.setattr(h, b);
       case Op.READLINK:
         return c.readlink(id).then((t) => new Reply(Buffer.from(t)));
@@ -524,6 +607,7 @@ export class DirectTransport {
       case Op.OPEN: {
         const flags = b.readUInt32LE(I);
         if (this.zeroOpen) return Promise.reject(fsErr('ENOSYS')); // the kernel then opens without asking
+        if (this.ptWanted) return this.serialized(id, () => this.openFile(id, flags));
         return (async () => {
           const node = c.node(id);
           const fh = await c.open(id, flags);
@@ -622,8 +706,11 @@ export class DirectTransport {
           o.writeUInt32LE(s.bsize, 48);
           return new Reply(o);
         });
-      case Op.RELEASE:
-        return c.release(u64(b, I)).then(() => new Reply(null));
+      case Op.RELEASE: {
+        const fh = u64(b, I);
+        this.released(fh);
+        return c.release(fh).then(() => new Reply(null));
+      }
       case Op.FSYNC: {
         const fh = u64(b, I);
         const datasync = (b.readUInt32LE(I + 8) & 1) !== 0;
@@ -654,7 +741,7 @@ export class DirectTransport {
         return c.removexattr(id, name).then(() => new Reply(null));
       }
       case Op.OPENDIR:
-        if (this.zeroOpen) return Promise.reject(fsErr('ENOSYS')); // READDIR then comes with fh 0
+        if (this.zeroOpenDirs) return Promise.reject(fsErr('ENOSYS')); // READDIR then comes with fh 0
         return (async () => {
           const d = this.dirHandle(id);
           const fh = this.nextDirFh++;
@@ -682,7 +769,7 @@ export class DirectTransport {
           try {
             await this.own(h, id, node, mode);
             const e = await this.entry(node);
-            return new Reply([e, openOut(fh, 0)]);
+            return new Reply([e, this.ptWanted ? this.opened(node.ino, fh) : openOut(fh, 0)]);
           } catch (err) {
             await c.release(fh).catch(() => undefined);
             throw err;
@@ -712,6 +799,7 @@ export class DirectTransport {
     const minor = b.readUInt32LE(IN_HEADER + 4);
     const maxReadahead = b.readUInt32LE(IN_HEADER + 8);
     const kflags = b.readUInt32LE(IN_HEADER + 12);
+    const kflags2 = kflags & INIT.INIT_EXT ? b.readUInt32LE(IN_HEADER + 16) : 0;
     if (major !== FUSE_KERNEL_VERSION || minor < 31) {
       setImmediate(() => this.initFailed(new Error(`fuse: kernel protocol ${major}.${minor} is too old (need 7.31)`)));
       throw fsErr('EPROTO');
@@ -728,7 +816,13 @@ export class DirectTransport {
       INIT.PARALLEL_DIROPS |
       INIT.MAX_PAGES |
       INIT.CACHE_SYMLINKS;
-    const flags = want & kflags;
+    // passthrough: INIT_EXT and FUSE_PASSTHROUGH (flags2) with max_stack_depth 1: backing files on plain filesystems
+    // (a layer on a stacked fs, e.g. kernel overlay, is refused ELOOP: plain opens for it), and this mount can itself
+    // be a layer of a kernel overlay (depth 2 could not). Never with WRITEBACK_CACHE (the kernel refuses the pair).
+    const pt = this.ptWanted && (kflags2 & INIT2.PASSTHROUGH) !== 0;
+    const flags = (want & kflags) | (pt ? INIT.INIT_EXT : 0);
+    this.ptOn = pt;
+    if (this.ptWanted && !pt) this.log.info({ minor, kflags2: kflags2.toString(16) }, 'fuse: passthrough asked for, but the kernel does not offer FUSE_PASSTHROUGH: files are read and written by READ/WRITE');
     const o = Buffer.alloc(64);
     o.writeUInt32LE(FUSE_KERNEL_VERSION, 0);
     o.writeUInt32LE(FUSE_KERNEL_MINOR_VERSION, 4);
@@ -739,9 +833,136 @@ export class DirectTransport {
     o.writeUInt32LE(this.maxWrite, 20);
     o.writeUInt32LE(1, 24); // time_gran: 1 ns
     o.writeUInt16LE(Math.ceil(this.maxWrite / 4096), 28); // max_pages
+    o.writeUInt32LE(pt ? INIT2.PASSTHROUGH : 0, 32); // flags2
+    o.writeUInt32LE(pt ? 1 : 0, 36); // max_stack_depth
     this.log.debug({ minor, kflags: kflags.toString(16), flags: flags.toString(16) }, 'fuse: init');
     setImmediate(() => this.initDone());
     return new Reply(o);
+  }
+
+  // ---- passthrough ------------------------------------------------------------------------------------------
+
+  /** Run fn after the node's earlier serialized requests (OPENs, truncates) have ended, and before its later ones. */
+  private serialized<T>(id: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.nodeChains.get(id) ?? Promise.resolve();
+    const run = prev.then(fn);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.nodeChains.set(id, tail);
+    void tail.then(() => {
+      if (this.nodeChains.get(id) === tail) this.nodeChains.delete(id);
+    });
+    return run;
+  }
+
+  /**
+   * OPEN with passthrough on. The kernel's rules (fs/fuse/iomode.c): while an inode has a backing file (from its
+   * first passthrough open until the last one is released), every open of it must be a passthrough open naming the
+   * same backing file (another one fails EBUSY, a plain one EINVAL: the caller sees EIO); while it has plain opens
+   * (cached io mode), a passthrough open fails ETXTBSY (EIO too). So each node has at most one backing id, shared
+   * by all its opens and closed at the last RELEASE (the kernel takes its own reference when the opener gets our
+   * reply, after our write returns: the id must outlive every reply naming it, which the count guarantees), and a
+   * node with plain opens gets plain opens until they are all released.
+   *
+   * The overlay's part: a lower file opened for reading gets the lower file as backing. A write open (or O_TRUNC)
+   * of it copies it up, and its backing would be the upper copy, which the kernel refuses while the lower one is
+   * attached: such an open fails ETXTBSY (before any copy-up) as long as a passthrough open of the lower file lives;
+   * so does a truncate by path (SETATTR size). Changes of metadata (chmod, xattrs, utimes, link) still copy up: the
+   * upper copy then has the lower file's data, and later read opens keep naming the lower file until its opens are
+   * all released. So a passthrough read never sees data other than the file's. OPENs of a node (and truncates) run
+   * one at a time, so that the check and the copy-up or attach that follow it see the same state.
+   */
+  private async openFile(id: number, flags: number): Promise<Reply> {
+    const c = this.core;
+    const write = (flags & 3) !== fsc.O_RDONLY || (flags & fsc.O_TRUNC) !== 0;
+    if (write && (await this.lowerBacked(id))) throw fsErr('ETXTBSY');
+    const fh = await c.open(id, flags);
+    return new Reply(this.opened(id, fh));
+  }
+
+  /**
+   * Whether passthrough opens of node id read its lower file (a change of its data must then be refused). The
+   * kernel sends RELEASE in the background when a file is closed, so one from the caller's own close may still be
+   * queued behind this request: wait up to 50 ms for the last one before saying yes.
+   */
+  private async lowerBacked(id: number): Promise<boolean> {
+    for (let i = 0; ; i++) {
+      const bk = this.backings.get(id);
+      if (!bk || bk.upper) return false;
+      if (i === 10) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    this.ptCounts.busy++;
+    return true;
+  }
+
+  /** The fuse_open_out of a new handle fh of node id (OPEN, CREATE): passthrough if it can be, else plain. */
+  private opened(id: number, fh: number): Buffer {
+    const file = this.core.handleFile(fh);
+    let bk = this.backings.get(id);
+    if (!bk && !this.plainOpens.has(id) && this.ptOn) bk = this.attach(id, file) ?? undefined;
+    if (bk) {
+      bk.opens++;
+      this.ptCounts.passthroughOpens++;
+      this.openFiles.set(fh, { id, backing: bk });
+      return openOut(fh, FOPEN_PASSTHROUGH, bk.id);
+    }
+    this.plainOpens.set(id, (this.plainOpens.get(id) ?? 0) + 1);
+    this.ptCounts.plainOpens++;
+    this.openFiles.set(fh, { id, backing: null });
+    // lower files never change: keep the page cache across opens (see the non-passthrough OPEN)
+    return openOut(fh, file.upper ? 0 : FOPEN_KEEP_CACHE);
+  }
+
+  /**
+   * Register the file under a handle as node id's backing file. A failure falls back to plain opens for the node
+   * (and, for an error every file would get, for the whole mount); each errno is logged once, at info.
+   */
+  private attach(id: number, file: { fd: number; upper: boolean }): Backing | null {
+    try {
+      if (this.ptForcedError) throw Object.assign(new Error(`${this.ptForcedError} (LAYERFS_FUSE_PASSTHROUGH_FAIL)`), { code: this.ptForcedError });
+      const bk: Backing = { id: native.backingOpen(this.fd, file.fd), upper: file.upper, opens: 0 };
+      this.backings.set(id, bk);
+      this.ptCounts.backingOpens++;
+      return bk;
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? 'EIO';
+      const global = BACKING_GLOBAL_ERRORS.has(code);
+      this.ptCounts.failures++;
+      if (global) this.ptOn = false;
+      if (!this.ptLogged.has(code)) {
+        this.ptLogged.add(code);
+        this.log.info(
+          { code, err: (err as Error).message },
+          global ? 'fuse: passthrough unavailable (FUSE_DEV_IOC_BACKING_OPEN failed): files are read and written by READ/WRITE' : 'fuse: passthrough: the kernel refused a backing file; opens of such files are read and written by READ/WRITE',
+        );
+      }
+      return null;
+    }
+  }
+
+  /** RELEASE of fh (or an OPEN reply dropped): its node's count of opens goes down; the last one closes the id. */
+  private released(fh: number): void {
+    const o = this.openFiles.get(fh);
+    if (!o) return;
+    this.openFiles.delete(fh);
+    const bk = o.backing;
+    if (bk === null) {
+      const n = (this.plainOpens.get(o.id) ?? 1) - 1;
+      if (n > 0) this.plainOpens.set(o.id, n);
+      else this.plainOpens.delete(o.id);
+      return;
+    }
+    if (--bk.opens > 0) return;
+    if (this.backings.get(o.id) === bk) this.backings.delete(o.id);
+    try {
+      native.backingClose(this.fd, bk.id);
+      this.ptCounts.backingCloses++;
+    } catch (err) {
+      this.log.debug({ err, id: bk.id }, 'fuse: FUSE_DEV_IOC_BACKING_CLOSE failed');
+    }
   }
 
   /** A new node made for the caller: owned by the caller's uid/gid (gid: the parent's, if it is set-gid). */
@@ -775,6 +996,8 @@ export class DirectTransport {
     const mode = b.readUInt32LE(I + 68);
     const uid = b.readUInt32LE(I + 76);
     const gid = b.readUInt32LE(I + 80);
+    // passthrough opens reading the lower file: its upper copy must keep the lower data (see openFile)
+    if (valid & FATTR.SIZE && (await this.lowerBacked(id))) throw fsErr('ETXTBSY');
     if (valid & (FATTR.UID | FATTR.GID)) await c.chown(id, valid & FATTR.UID ? uid : -1, valid & FATTR.GID ? gid : -1);
     if (valid & FATTR.MODE) await c.chmod(id, mode);
     if (valid & FATTR.SIZE) {

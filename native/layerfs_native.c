@@ -24,6 +24,7 @@
 #include <sys/syscall.h>
 #include <uv.h>
 #include <poll.h>
+#include <sched.h>
 #include <time.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
@@ -331,6 +332,7 @@ static int64_t mono_us(void) {
 /* Microseconds spent polling in watch_fired, all watchers: the CPU the polling costs, so that the CPU a server
    spends per request can be told apart from it (spinUs()). JS thread only. */
 static int64_t spin_total_us = 0;
+static int yield_spin = -1;
 
 static void watch_closed(uv_handle_t *h) {
   fd_watch *w = (fd_watch *)h->data;
@@ -362,7 +364,10 @@ static void watch_fired(uv_poll_t *h, int status, int events) {
     int64_t start = mono_us(), until = start + w->spin_us, now = start;
     int ready = 0;
     struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
-    while (!ready && (now = mono_us()) < until) ready = poll(&pfd, 1, 0) > 0;
+    while (!ready && (now = mono_us()) < until) {
+      ready = poll(&pfd, 1, 0) > 0;
+      if (!ready && yield_spin) sched_yield();
+    }
     spin_total_us += now - start;
     if (!ready) break;
     status = 0;
@@ -404,6 +409,10 @@ static napi_value n_watch_readable(napi_env env, napi_callback_info info) {
   w->env = env;
   w->fd = fd;
   w->spin_us = spin;
+  if (yield_spin < 0) {
+    const char *e = getenv("LAYERFS_FUSE_SPIN_YIELD");
+    yield_spin = e ? atoi(e) : 1;
+  }
   if (busy) {
     w->busy = busy;
     napi_create_reference(env, argv[3], 1, &w->busy_ref);

@@ -10,7 +10,7 @@ import { appendFile, chmod, mkdir, open, readdir, readFile, rm, stat, statfs, ls
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { cli, cliOk } from './lib/cli.js';
-import { cleanup, mountFuse, tmpDir, type Mounted } from './lib/fuse.js';
+import { cleanup, mountFuse, serverStats, tmpDir, type Mounted } from './lib/fuse.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
 import { forceUnmount, isMounted, waitProcessGone } from './lib/mounts.js';
 
@@ -39,16 +39,7 @@ async function mountDirect(f: { lower: string; upper: string; work: string; mnt:
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-async function statsOf(pid: number, file: string): Promise<Record<string, number>> {
-  const before = (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean).length;
-  process.kill(pid, 'SIGUSR2');
-  for (let i = 0; i < 100; i++) {
-    const lines = (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
-    if (lines.length > before) return JSON.parse(lines[lines.length - 1]) as Record<string, number>;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error('no stats from the server');
-}
+const statsOf = (pid: number, file: string) => serverStats<Record<string, number>>(pid, file);
 
 describe('direct transport: protocol edge cases', () => {
   let f: Awaited<ReturnType<typeof fixture>>;

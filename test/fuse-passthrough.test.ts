@@ -16,7 +16,7 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cleanup, mountFuse, mountKernel, tmpDir, type Mounted, type TestTransport } from './lib/fuse.js';
+import { cleanup, mountFuse, mountKernel, serverStats, tmpDir, type Mounted, type TestTransport } from './lib/fuse.js';
 
 const run = promisify(execFile);
 const live: Mounted[] = [];
@@ -126,17 +126,7 @@ interface ServerStats {
 }
 
 /** The server's counters (SIGUSR2 appends them to LAYERFS_FUSE_STATS). */
-async function statsOf(pid: number, file: string): Promise<ServerStats> {
-  const lines = async () => (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
-  const n0 = (await lines()).length;
-  process.kill(pid, 'SIGUSR2');
-  for (let i = 0; i < 100; i++) {
-    const l = await lines();
-    if (l.length > n0) return JSON.parse(l[l.length - 1]) as ServerStats;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error('no stats from the server');
-}
+const statsOf = (pid: number, file: string) => serverStats<ServerStats>(pid, file);
 
 const delta = (a: ServerStats, b: ServerStats, op: string): number => (b.byOp[op] ?? 0) - (a.byOp[op] ?? 0);
 

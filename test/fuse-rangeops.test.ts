@@ -14,7 +14,7 @@ import { execFile } from 'node:child_process';
 import { chmod, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cleanup, mountFuse, mountKernel, tmpDir, type Mounted } from './lib/fuse.js';
+import { cleanup, mountFuse, mountKernel, serverStats, tmpDir, type Mounted } from './lib/fuse.js';
 import { forceUnmount } from './lib/mounts.js';
 
 const run = promisify(execFile);
@@ -156,17 +156,7 @@ async function copyUpHoles(mnt: string, upper: string): Promise<{ sha: string; s
   return { sha: sha(data), size: data.length, upperBlocks: (await stat(path.join(upper, 'holes'))).blocks, seeks: await ops(mnt, SEEKS_HOLES) };
 }
 
-async function statsOf(pid: number, file: string): Promise<Record<string, number>> {
-  const count = async () => (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
-  const n0 = (await count()).length;
-  process.kill(pid, 'SIGUSR2');
-  for (let i = 0; i < 100; i++) {
-    const lines = await count();
-    if (lines.length > n0) return (JSON.parse(lines[lines.length - 1]) as { byOp: Record<string, number> }).byOp;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error('no stats from the server');
-}
+const statsOf = async (pid: number, file: string) => (await serverStats<{ byOp: Record<string, number> }>(pid, file)).byOp;
 
 const delta = (a: Record<string, number>, b: Record<string, number>, ...names: string[]) => names.reduce((s, n) => s + (b[n] ?? 0) - (a[n] ?? 0), 0);
 

@@ -227,3 +227,16 @@ export async function buildLowers(root: string, form: WhForm, o: { hardlinks?: b
 export async function cleanup(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
+
+/** A FUSE server's counters: SIGUSR2 makes it append one JSON line to its LAYERFS_FUSE_STATS file; the new line. */
+export async function serverStats<T>(pid: number, file: string): Promise<T> {
+  const lines = async () => (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+  const n0 = (await lines()).length;
+  process.kill(pid, 'SIGUSR2');
+  for (let i = 0; i < 100; i++) {
+    const l = await lines();
+    if (l.length > n0) return JSON.parse(l[l.length - 1]) as T;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('no stats from the server');
+}

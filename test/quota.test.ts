@@ -48,14 +48,14 @@ function errCode(err: unknown): string {
   return e.errno === -os.constants.errno.EDQUOT ? 'EDQUOT' : (e.code ?? 'unknown');
 }
 
-/** Write `mb` MiB in 1 MiB chunks with fsync; returns the error code that stopped it, if any. */
-async function fill(file: string, mb: number): Promise<string | null> {
+/** Write `mb` MiB in chunks (1 MiB by default) with an fsync per MiB; returns the error code that stopped it, if any. */
+async function fill(file: string, mb: number, chunkSize = 1 << 20): Promise<string | null> {
   const fh = await open(file, 'w');
   try {
-    const chunk = Buffer.alloc(1 << 20, 0xab);
-    for (let i = 0; i < mb; i++) {
+    const chunk = Buffer.alloc(chunkSize, 0xab);
+    for (let i = 0; i < (mb << 20) / chunkSize; i++) {
       await fh.write(chunk);
-      await fh.sync();
+      if (((i + 1) * chunkSize) % (1 << 20) === 0) await fh.sync();
     }
     return null;
   } catch (err) {
@@ -92,6 +92,33 @@ test('a copy-up that would pass the quota fails too', async () => {
   await appendFile(path.join(mnt, 'small'), 'x');
   await cliOk(['umount', mnt, '--rm'], env);
 });
+
+// the direct transport writes chunks of up to 64 KiB in one native call that also answers the kernel (fuseIo): its
+// error reply must carry the backing fs's errno, and the server must go on serving
+for (const transport of ['direct', 'fuse-native']) {
+  test(`a write past the quota fails with EDQUOT through a FUSE mount (${transport}), in 1 MiB and 64 KiB writes`, async () => {
+    const mnt = path.join(scratch, `m-fuse-${transport}`);
+    mounts.push(mnt);
+    await cliOk(['mount', 'q', mnt, '--driver', 'fuse', '--transport', transport, '--quota', '10m'], env);
+    try {
+      assert.equal(await fill(path.join(mnt, 'small-enough'), 4, 64 << 10), null, '4 MiB fits in 10 MiB');
+      assert.equal(await fill(path.join(mnt, 'too-big'), 20, 64 << 10), 'EDQUOT');
+      // full: even a new file is refused, by its errno (not EIO)
+      await assert.rejects(open(path.join(mnt, 'one-more'), 'w'), (err) => errCode(err) === 'EDQUOT');
+      // btrfs gives a removed file's space back to the qgroup when its transaction commits
+      const removed = async (name: string) => {
+        await rm(path.join(mnt, name));
+        await run('btrfs', ['filesystem', 'sync', fsDir]);
+      };
+      await removed('too-big');
+      assert.equal(await fill(path.join(mnt, 'too-big-2'), 20), 'EDQUOT');
+      await removed('too-big-2');
+      assert.equal(await fill(path.join(mnt, 'fits-again'), 2, 64 << 10), null, 'room again after the removals');
+    } finally {
+      await cliOk(['umount', mnt, '--rm'], env);
+    }
+  });
+}
 
 test('quota on a filesystem without quota support, and on a read-only mount, fail clearly', async () => {
   const plain = { LAYERFS_ROOT: path.join(scratch, 'ext4root'), LAYERFS_SHARED: path.join(scratch, 'ext4nfs') };

@@ -17,13 +17,16 @@ export class FsError extends Error {
 
 export const fsErr = (code: string, what?: string): FsError => new FsError(code, what);
 
-/** The positive errno for any thrown value (Node fs errors, FsError, native addon errors); EIO when unknown. */
+/** The positive errno for any thrown value (Node fs errors, FsError, native addon errors); EIO when unknown. Node
+ *  names only the errors libuv knows: EDQUOT, for one, comes as code 'Unknown system error -122' with errno -122. */
 export function errnoOf(err: unknown): number {
-  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (typeof err !== 'object' || err === null) return constants.errno.EIO;
+  const { code, errno } = err as { code?: unknown; errno?: unknown };
   if (typeof code === 'string') {
     const n = (constants.errno as Record<string, number>)[code];
     if (typeof n === 'number') return n;
   }
+  if (typeof errno === 'number' && Number.isInteger(errno) && errno !== 0) return Math.abs(errno);
   return constants.errno.EIO;
 }
 

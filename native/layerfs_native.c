@@ -28,6 +28,7 @@
 #include <time.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <linux/fuse.h>
 
 /* FUSE passthrough (kernel 6.9+, protocol 7.40): register a backing file with the connection (an id the OPEN reply
@@ -329,8 +330,14 @@ static int64_t mono_us(void) {
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Microseconds spent polling in watch_fired, all watchers: the CPU the polling costs, so that the CPU a server
-   spends per request can be told apart from it (spinUs()). JS thread only. */
+static int64_t thread_cpu_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Microseconds of this thread's CPU spent polling in watch_fired, all watchers: the CPU the polling costs, so that
+   the CPU a server spends per request can be told apart from it (spinUs()). JS thread only. */
 static int64_t spin_total_us = 0;
 static int yield_spin = -1;
 
@@ -361,14 +368,15 @@ static void watch_fired(uv_poll_t *h, int status, int events) {
     if (w->closing || w->spin_us <= 0 || status < 0 || (w->busy && *w->busy != 0)) break;
     /* a request often follows its reply within microseconds (the caller's next syscall): waiting for it here
        saves the sleep and wake-up of the loop, which on a VM costs more than the request */
-    int64_t start = mono_us(), until = start + w->spin_us, now = start;
+    int64_t start = mono_us(), until = start + w->spin_us, cpu0 = thread_cpu_us();
     int ready = 0;
     struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
-    while (!ready && (now = mono_us()) < until) {
+    while (!ready && mono_us() < until) {
+      if (yield_spin) sched_yield(); /* first: a caller our reply just woke runs before we look for its next request */
       ready = poll(&pfd, 1, 0) > 0;
-      if (!ready && yield_spin) sched_yield();
     }
-    spin_total_us += now - start;
+    /* this thread's CPU, not the wall time: while we yield, the caller runs (that time is not ours) */
+    spin_total_us += thread_cpu_us() - cpu0;
     if (!ready) break;
     status = 0;
   }
@@ -475,6 +483,82 @@ static napi_value n_read_nonblock(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* fuseIo(devFd, req, reqLen, fd, out) -> bytes: a FUSE READ or WRITE request (req: the request as read from devFd,
+   reqLen bytes) done on file fd and answered on devFd, in one call: pread into out (READ) or pwrite of the request's
+   data (WRITE), then the reply. The caller picked fd (the overlay's backing file for the request's node or handle) and
+   keeps it open meanwhile. -errno when the pread/pwrite failed: no reply was written (the caller answers the error).
+   A reply the kernel refuses with ENOENT (request interrupted) or ENODEV (unmounted) is dropped; other reply errors
+   throw. */
+static napi_value n_fuse_io(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int32_t dev, fd;
+  int64_t req_len;
+  void *req, *out = NULL;
+  size_t req_cap, out_cap = 0;
+  if (get_fd(env, argv[0], &dev) || get_fd(env, argv[3], &fd)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &req, &req_cap) != napi_ok || napi_get_value_int64(env, argv[2], &req_len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected (devFd, req, reqLen, fd, out)");
+    return NULL;
+  }
+  const size_t IN = sizeof(struct fuse_in_header);
+  if (req_len < 0 || (size_t)req_len > req_cap || (size_t)req_len < IN + sizeof(struct fuse_read_in)) {
+    napi_throw_range_error(env, NULL, "fuseIo: short request");
+    return NULL;
+  }
+  const struct fuse_in_header *ih = (const struct fuse_in_header *)req;
+  struct fuse_out_header oh = {.error = 0, .unique = ih->unique};
+  struct fuse_write_out wo = {0};
+  struct iovec iov[2] = {{&oh, sizeof oh}, {NULL, 0}};
+  ssize_t done = 0;
+  if (ih->opcode == FUSE_READ) {
+    const struct fuse_read_in *ri = (const struct fuse_read_in *)((const char *)req + IN);
+    if (napi_get_buffer_info(env, argv[4], &out, &out_cap) != napi_ok || ri->size > out_cap) {
+      napi_throw_range_error(env, NULL, "fuseIo: output buffer too small");
+      return NULL;
+    }
+    while (done < (ssize_t)ri->size) {
+      ssize_t n = pread(fd, (char *)out + done, ri->size - done, (off_t)(ri->offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) done = -errno;
+      if (n <= 0) break;
+      done += n;
+    }
+    iov[1].iov_base = out;
+    iov[1].iov_len = done > 0 ? (size_t)done : 0;
+  } else if (ih->opcode == FUSE_WRITE) {
+    const struct fuse_write_in *wi = (const struct fuse_write_in *)((const char *)req + IN);
+    size_t at = IN + sizeof(struct fuse_write_in);
+    if ((size_t)req_len < at + wi->size) {
+      napi_throw_range_error(env, NULL, "fuseIo: write data past the request");
+      return NULL;
+    }
+    while (done < (ssize_t)wi->size) {
+      ssize_t n = pwrite(fd, (const char *)req + at + done, wi->size - done, (off_t)(wi->offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        done = -errno;
+        break;
+      }
+      done += n;
+    }
+    wo.size = done > 0 ? (uint32_t)done : 0;
+    iov[1].iov_base = &wo;
+    iov[1].iov_len = sizeof wo;
+  } else {
+    napi_throw_range_error(env, NULL, "fuseIo: not a READ or WRITE");
+    return NULL;
+  }
+  if (done >= 0) {
+    oh.len = (uint32_t)(sizeof oh + iov[1].iov_len);
+    ssize_t w;
+    do w = writev(dev, iov, iov[1].iov_len ? 2 : 1); while (w < 0 && errno == EINTR);
+    if (w < 0 && errno != ENOENT && errno != ENODEV) return throw_errno(env, errno, "writev /dev/fuse", NULL);
+  }
+  napi_value res;
+  napi_create_int64(env, done, &res);
+  return res;
+}
+
 /* backingOpen(devFd, fd) -> backing id: FUSE_DEV_IOC_BACKING_OPEN of the open file fd on the /dev/fuse connection
    devFd. The kernel keeps its own reference of the file (fd may be closed after). Throws the errno (EPERM without
    CAP_SYS_ADMIN or when passthrough was not negotiated, ELOOP past max_stack_depth, ENOTTY on kernels without it). */
@@ -523,6 +607,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"unwatch", NULL, n_unwatch, NULL, NULL, NULL, napi_default, NULL},
     {"spinUs", NULL, n_spin_us, NULL, NULL, NULL, napi_default, NULL},
     {"readNonblock", NULL, n_read_nonblock, NULL, NULL, NULL, napi_default, NULL},
+    {"fuseIo", NULL, n_fuse_io, NULL, NULL, NULL, napi_default, NULL},
     {"backingOpen", NULL, n_backing_open, NULL, NULL, NULL, napi_default, NULL},
     {"backingClose", NULL, n_backing_close, NULL, NULL, NULL, napi_default, NULL},
   };

@@ -26,6 +26,11 @@ export interface Native {
   spinUs(): number;
   /** read(2) into buf: the byte count, or -errno (-EAGAIN on a non-blocking fd with nothing to read). */
   readNonblock(fd: number, buf: Buffer): number;
+  /** A FUSE READ or WRITE request (req, reqLen bytes as read from devFd) done on file fd and answered on devFd in one
+   *  call: pread into out (READ; out holds the request's size) or pwrite of the request's data (WRITE), then the
+   *  reply. Returns the byte count, or -errno when the pread/pwrite failed (then nothing was answered). A reply the
+   *  kernel refuses with ENOENT (interrupted) or ENODEV (unmounted) is dropped; other reply errors throw. */
+  fuseIo(devFd: number, req: Buffer, reqLen: number, fd: number, out: Buffer | null): number;
   /** FUSE_DEV_IOC_BACKING_OPEN: registers open file fd as a backing file of the /dev/fuse connection devFd; returns
    *  its backing id (for FOPEN_PASSTHROUGH open replies). Throws EPERM (no CAP_SYS_ADMIN, or passthrough not
    *  negotiated), ELOOP (fd's fs stacked max_stack_depth deep), ENOTTY (kernel without passthrough)... */

@@ -76,8 +76,9 @@ interface Resolution {
 }
 
 /** File I/O up to this size is done with a synchronous syscall on the JS thread (the backing file is a local file,
- *  never the mount: a threadpool round trip costs more than a small read). Bigger reads/writes go to the pool. */
-const SYNC_IO_MAX = 64 * 1024;
+ *  never the mount: a threadpool round trip costs more than a small read). Bigger reads/writes go to the pool.
+ *  A transport may answer a READ or WRITE of at most this size at once with readNow / writeNow. */
+export const SYNC_IO_MAX = 64 * 1024;
 const readAsync = promisify(readCb);
 const writeAsync = promisify(writeCb);
 const closeAsync = promisify(closeCb);
@@ -1174,9 +1175,39 @@ export class Overlay implements CopyUpHost {
     return h;
   }
 
+  /** The fd a read of handle fh reads, or with fh 0 that of node id's implicit handle (no open handle). Valid until
+   *  the next turn of the event loop: a transport does a small read on it at once (readNow, or its own syscall). */
+  readFd(fh: number, id: number): number {
+    return this.readHandle(fh === 0 ? this.implicitHandle(this.node(id), false) : fh).fd;
+  }
+
+  /** The fd a write of handle fh writes, or with fh 0 that of node id's implicit handle; valid as readFd's. null when
+   *  the write cannot be done at once: by node id to a lower file, which is copied up first (writeNode). */
+  writeFd(fh: number, id: number): number | null {
+    if (fh === 0) {
+      const n = this.node(id);
+      if (!n.upper) return null;
+      fh = this.implicitHandle(n, true);
+    }
+    return this.writeHandle(fh).fd;
+  }
+
+  /** read() of at most SYNC_IO_MAX bytes, done synchronously. */
+  readNow(fh: number, id: number, buf: Buffer, len: number, pos: number): number {
+    if (len > SYNC_IO_MAX) throw fsErr('EINVAL');
+    return readFully(this.readFd(fh, id), buf, len, pos);
+  }
+
+  /** write() of at most SYNC_IO_MAX bytes, done synchronously; null as writeFd. */
+  writeNow(fh: number, id: number, buf: Buffer, len: number, pos: number): number | null {
+    if (len > SYNC_IO_MAX) throw fsErr('EINVAL');
+    const fd = this.writeFd(fh, id);
+    return fd === null ? null : writeFully(fd, buf, len, pos);
+  }
+
   async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    if (len <= SYNC_IO_MAX) return this.readNow(fh, 0, buf, len, pos);
     const fd = this.readHandle(fh).fd;
-    if (len <= SYNC_IO_MAX) return readFully(fd, buf, len, pos);
     return this.usingFd(fd, async () => {
       let done = 0;
       while (done < len) {
@@ -1189,8 +1220,8 @@ export class Overlay implements CopyUpHost {
   }
 
   async write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    if (len <= SYNC_IO_MAX) return this.writeNow(fh, 0, buf, len, pos)!;
     const fd = this.writeHandle(fh).fd;
-    if (len <= SYNC_IO_MAX) return writeFully(fd, buf, len, pos);
     return this.usingFd(fd, async () => {
       let done = 0;
       while (done < len) done += (await writeAsync(fd, buf, done, len - done, pos + done)).bytesWritten;

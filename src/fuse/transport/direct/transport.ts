@@ -25,7 +25,7 @@ import type { Logger } from 'pino';
 import { native } from '../../../common/native.js';
 import { errnoOf, fsErr } from '../../core/errors.js';
 import type { DirEntry, Node, NodeStat } from '../../core/node.js';
-import { ROOT_ID, type Overlay } from '../../core/overlay.js';
+import { ROOT_ID, SYNC_IO_MAX, type Overlay } from '../../core/overlay.js';
 import {
   attrOut,
   cstr,
@@ -320,13 +320,16 @@ export class DirectTransport {
       this.stopped = true;
       this.readerEnd(why);
     };
+    const spin = this.opts.spinUs ?? defaultSpinUs();
     const drain = () => {
       for (let i = 0; i < DirectTransport.BATCH; i++) {
         if (this.stopped) return end('stopped');
         const buf = this.getBuf();
         const n = native.readNonblock(this.fd, buf);
         if (n >= 0) {
-          this.handle(buf, n);
+          // answered at once: let the native loop yield before the next read, so the caller our reply woke runs
+          // first (on a shared CPU it would wait for us) and its next request is likely what that read finds
+          if (this.handle(buf, n) && spin > 0) return;
           continue;
         }
         this.putBuf(buf);
@@ -338,7 +341,6 @@ export class DirectTransport {
         return end(e === ENODEV ? 'unmounted' : `read error ${e}`);
       }
     };
-    const spin = this.opts.spinUs ?? defaultSpinUs();
     watcher = native.watchReadable(this.fd, (status) => {
       drain(); // after an unmount the fd polls as an error and the read says ENODEV
       if (status < 0 && !this.stopped) {
@@ -444,10 +446,11 @@ export class DirectTransport {
 
   // ---- dispatch ---------------------------------------------------------------------------------------------
 
-  private handle(buf: Buffer, n: number): void {
+  /** Decode and start one request; true when it was answered already (ioNow). */
+  private handle(buf: Buffer, n: number): boolean {
     if (n < IN_HEADER) {
       this.putBuf(buf);
-      return;
+      return false;
     }
     const h = readHeader(buf);
     this.stats.requests++;
@@ -458,20 +461,21 @@ export class DirectTransport {
       case Op.FORGET:
         this.forget(h.nodeid, u64(buf, IN_HEADER));
         this.putBuf(buf);
-        return;
+        return false;
       case Op.BATCH_FORGET: {
         const count = buf.readUInt32LE(IN_HEADER);
         for (let i = 0, off = IN_HEADER + 8; i < count && off + 16 <= end; i++, off += 16) this.forget(u64(buf, off), u64(buf, off + 8));
         this.putBuf(buf);
-        return;
+        return false;
       }
       case Op.INTERRUPT: {
         const target = buf.readBigUInt64LE(IN_HEADER);
         this.putBuf(buf);
         this.interrupt(target, true);
-        return;
+        return false;
       }
     }
+    if ((h.opcode === Op.READ || h.opcode === Op.WRITE) && this.ioNow(h, buf, end)) return true;
     const fl: InFlight = { opcode: h.opcode, interrupted: false, interruptible: INTERRUPTIBLE.has(h.opcode) };
     this.inflight.set(h.unique, fl);
     this.busy[0] = this.inflight.size;
@@ -495,15 +499,44 @@ export class DirectTransport {
       (err: unknown) => {
         this.inflight.delete(h.unique);
         this.busy[0] = this.inflight.size;
-        if (fl.interrupted) return;
-        const e = errnoOf(err);
-        if (e === osc.errno.EIO) this.log.warn({ err, op: h.opcode }, 'fuse op failed');
-        else if (this.opts.debug) this.log.debug({ op: h.opcode, code: (err as { code?: string }).code }, 'fuse op error');
-        this.send(h.unique, e, null);
+        if (!fl.interrupted) this.fail(h, err);
       },
     ).finally(() => {
       if (keep) this.putBuf(buf);
     });
+    return false;
+  }
+
+  private fail(h: InHeader, err: unknown, e = errnoOf(err)): void {
+    if (e === osc.errno.EIO) this.log.warn({ err, op: h.opcode }, 'fuse op failed');
+    else if (this.opts.debug) this.log.debug({ op: h.opcode, code: (err as { code?: string }).code }, 'fuse op error');
+    this.send(h.unique, e, null);
+  }
+
+  /**
+   * A READ or WRITE of at most SYNC_IO_MAX bytes that needs no wait (no copy-up first) is done and answered here, before
+   * the next request is read: the core names the backing fd, and one native call does the pread/pwrite and writes the
+   * reply. No promise, no in-flight entry (nothing can interrupt it), no reply header built in JS. Through the general
+   * path the reply waited for the microtasks after the batch: in a cold 4 KiB random read that was ~6 us of each
+   * ~90 us request. false: the general path takes it.
+   */
+  private ioNow(h: InHeader, b: Buffer, n: number): boolean {
+    const I = IN_HEADER;
+    const fh = u64(b, I);
+    if (b.readUInt32LE(I + 16) > SYNC_IO_MAX) return false;
+    let out: Buffer | null = null;
+    try {
+      const fd = h.opcode === Op.READ ? this.core.readFd(fh, h.nodeid) : this.core.writeFd(fh, h.nodeid);
+      if (fd === null) return false; // a copy-up first
+      if (h.opcode === Op.READ) out = this.getBuf();
+      const got = native.fuseIo(this.fd, b, n, fd, out);
+      if (got < 0) this.fail(h, { errno: -got, op: 'pread/pwrite' }, -got);
+    } catch (err) {
+      this.fail(h, err);
+    }
+    if (out) this.putBuf(out);
+    this.putBuf(b);
+    return true;
   }
 
   private interrupt(target: bigint, retry: boolean): void {

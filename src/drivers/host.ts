@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { access, mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { readMountTable } from '../common/mountinfo.js';
 import { native } from '../common/native.js';
 
 export const run = promisify(execFile);
@@ -31,20 +32,9 @@ export interface HostProbe {
   fuseSupported: boolean;
 }
 
-/** Unescape a /proc/self/mountinfo path field (\040 for space etc.). */
-function unescapeMountPath(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
+/** Mount point -> filesystem type, from the mount table (the last mount at a path wins). */
 export async function mountpoints(): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  for (const line of (await readFile('/proc/self/mountinfo', 'utf8')).split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 10) continue;
-    const sep = f.indexOf('-');
-    out.set(unescapeMountPath(f[4]!), f[sep + 1] ?? '');
-  }
-  return out;
+  return new Map((await readMountTable()).map((m) => [m.mountpoint, m.fstype]));
 }
 
 export async function isMountpoint(dir: string): Promise<boolean> {

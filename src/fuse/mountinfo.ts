@@ -3,19 +3,14 @@ import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { readMountTable, type MountEntry } from '../common/mountinfo.js';
 
 const run = promisify(execFile);
 
-const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-
-/** The mount table's lines (as fields) of the mounts at `mountpoint`, oldest first. */
-async function mountsAt(mountpoint: string): Promise<string[][]> {
+/** The mount table's entries of the mounts at `mountpoint`, oldest first. */
+async function mountsAt(mountpoint: string): Promise<MountEntry[]> {
   const want = path.resolve(mountpoint);
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  return text
-    .split('\n')
-    .map((l) => l.split(' '))
-    .filter((f) => f.length > 4 && unescape(f[4]) === want);
+  return (await readMountTable()).filter((m) => m.mountpoint === want);
 }
 
 export async function isMounted(mountpoint: string): Promise<boolean> {
@@ -24,7 +19,7 @@ export async function isMounted(mountpoint: string): Promise<boolean> {
 
 /** The device (major:minor) of the mount at `mountpoint` (the last one mounted there), from the mount table. */
 export async function mountDevice(mountpoint: string): Promise<string | null> {
-  return (await mountsAt(mountpoint)).at(-1)?.[2] ?? null;
+  return (await mountsAt(mountpoint)).at(-1)?.dev ?? null;
 }
 
 /**

@@ -12,11 +12,12 @@
  * Records live in the index's `snapshot` sublevel (key -> kind, parent, labels, times, layer).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { lstat, mkdir, readdir, readFile, realpath, rename, rmdir, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, realpath, rename, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { applyLayer, exportDiff } from '../archive/index.js';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
+import { readMountTable } from '../common/mountinfo.js';
 import { driverFor, isMountpoint, type LayeredDriver } from '../drivers/index.js';
 import type { SnapshotRecord } from '../index/index.js';
 import { Service } from '../service/index.js';
@@ -146,17 +147,13 @@ async function contentSize(dir: string): Promise<number> {
   return total;
 }
 
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
 /**
  * Mount points (other than `own`) that use a snapshot's dirs: an overlay with one of `dirs` as
  * upperdir/lowerdir, a bind mount of one of them, or a bind of one of the `own` mounts (our FUSE
  * views, which containerd binds into the container).
  */
 export async function mountUsers(dirs: string[], own: string[]): Promise<string[]> {
-  const lines = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter(Boolean).map((l) => l.split(' '));
+  const table = await readMountTable();
   const real = new Set<string>();
   const devs: { dev: string; rel: string }[] = [];
   for (const d of dirs) {
@@ -168,25 +165,20 @@ export async function mountUsers(dirs: string[], own: string[]): Promise<string[
     devs.push({ dev: `${Math.floor(st.dev / 256) & 0xfff}:${(st.dev & 0xff) | ((st.dev >> 12) & 0xfff00)}`, rel: r });
   }
   const ownSet = new Set(own.map((o) => path.resolve(o)));
-  const ownDevs = new Set(lines.filter((f) => ownSet.has(unescapeMount(f[4] ?? ''))).map((f) => f[2]));
+  const ownDevs = new Set(table.filter((m) => ownSet.has(m.mountpoint)).map((m) => m.dev));
   const out: string[] = [];
-  for (const f of lines) {
-    const mp = unescapeMount(f[4] ?? '');
+  for (const { mountpoint: mp, fstype, superOptions, root, dev } of table) {
     if (ownSet.has(mp)) continue;
-    const sep = f.indexOf('-');
-    const fstype = f[sep + 1];
-    const superOpts = (f[sep + 3] ?? '').split(',').map(unescapeMount);
-    if (fstype === 'overlay' && superOpts.some((o) => (o.startsWith('upperdir=') && real.has(o.slice(9))) || (o.startsWith('lowerdir=') && o.slice(9).split(':').some((l) => real.has(l))))) {
+    if (fstype === 'overlay' && superOptions.some((o) => (o.startsWith('upperdir=') && real.has(o.slice(9))) || (o.startsWith('lowerdir=') && o.slice(9).split(':').some((l) => real.has(l))))) {
       out.push(mp);
       continue;
     }
-    const root = unescapeMount(f[3] ?? '');
-    if (ownDevs.has(f[2])) {
+    if (ownDevs.has(dev)) {
       out.push(mp);
       continue;
     }
     // a bind mount: same device, and its root (a path inside that filesystem) is the tail of our dir
-    if (root.length > 1 && devs.some((d) => d.dev === f[2] && d.rel.endsWith(root))) {
+    if (root.length > 1 && devs.some((d) => d.dev === dev && d.rel.endsWith(root))) {
       out.push(mp);
     }
   }

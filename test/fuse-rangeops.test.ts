@@ -450,3 +450,36 @@ for (const mode of ['zero', 'fh', 'pt'] as const) {
     });
   });
 }
+
+describe('direct transport: the 32-bit COPY_FILE_RANGE of kernels before COPY_FILE_RANGE_64', () => {
+  let m: Awaited<ReturnType<typeof mounts>>;
+  before(async () => {
+    // the server answers COPY_FILE_RANGE_64 with ENOSYS (test hook): the kernel then sends the older op
+    process.env.LAYERFS_FUSE_NO_COPY_FILE_RANGE_64 = '1';
+    try {
+      m = await mounts('frange47', true);
+    } finally {
+      delete process.env.LAYERFS_FUSE_NO_COPY_FILE_RANGE_64;
+    }
+  });
+
+  test('copies answered with fuse_write_out: contents and counts as kernel overlay, past 64 MiB too', async () => {
+    const steps: Op[] = [
+      ['copy', 'src.bin', 0, 'c1', 0, 4 * MiB],
+      ['copy', 'src.bin', 1000, 'dst.bin', 10, 100],
+      ['copy', 'big.bin', 0, 'cbig', 0, BIG],
+    ];
+    const s0 = await statsOf(m.fuse.pid, m.stats);
+    const res = (await ops(m.fuse.mnt, steps)) as [number, number][];
+    const s1 = await statsOf(m.fuse.pid, m.stats);
+    const src = LOWER['src.bin'];
+    assert.deepEqual(res.map(([n]) => n), [src.length, 100, BIG]);
+    assert.equal(delta(s0, s1, 'COPY_FILE_RANGE_64'), 1, 'one COPY_FILE_RANGE_64, answered ENOSYS, then never again');
+    assert.equal(delta(s0, s1, 'COPY_FILE_RANGE'), res.reduce((s, [, c]) => s + c, 0), 'every copy_file_range as the 32-bit op');
+    assert.equal(delta(s0, s1, 'WRITE'), 0, 'no fallback to READ/WRITE');
+    const kres = (await ops(m.kern.mnt, steps)) as [number, number][];
+    assert.deepEqual(kres.map(([n]) => n), res.map(([n]) => n));
+    const names = ['c1', 'dst.bin', 'cbig'];
+    assert.deepEqual(await contents(m.fuse.mnt, names), await contents(m.kern.mnt, names));
+  });
+});

@@ -199,6 +199,8 @@ export class DirectTransport {
   /** Test hook (LAYERFS_FUSE_PASSTHROUGH_FAIL=EPERM...): BACKING_OPEN fails with that code, as on a kernel or a
    *  process that cannot do it. */
   private readonly ptForcedError: string | null;
+  /** Test hook (LAYERFS_FUSE_NO_COPY_FILE_RANGE_64=1): COPY_FILE_RANGE_64 answered ENOSYS. */
+  private readonly no64 = process.env.LAYERFS_FUSE_NO_COPY_FILE_RANGE_64 === '1';
   /** node id -> its backing file while passthrough opens of it live (at most one per node: iomode.c). */
   private readonly backings = new Map<number, Backing>();
   /** node id -> plain opens of it not released yet (the kernel's cached io mode: no passthrough open meanwhile). */
@@ -704,6 +706,9 @@ export class DirectTransport {
       }
       case Op.COPY_FILE_RANGE:
       case Op.COPY_FILE_RANGE_64: {
+        // test hook: answer as a server without COPY_FILE_RANGE_64, so the kernel falls back to the 32-bit op for
+        // the rest of the connection (what kernels before 6.18 send): both replies stay tested here
+        if (h.opcode === Op.COPY_FILE_RANGE_64 && this.no64) return Promise.reject(fsErr('ENOSYS'));
         // source: this request's node; fh 0 on both sides with zero-open (one connection: both or neither)
         const fhIn = u64(b, I);
         const offIn = u64(b, I + 8);

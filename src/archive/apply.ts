@@ -914,7 +914,6 @@ export async function applyLayer(
   const applier = new Applier(root);
   // allowUnknownFormat: old v7 headers (no magic) are accepted as before; toHeader() checks the magic.
   const ex = extract({ allowUnknownFormat: true } as Parameters<typeof extract>[0]);
-  let feed: Feed | null = null;
   try {
     await applier.init();
     // Sniff the format from the first bytes.
@@ -964,7 +963,6 @@ export async function applyLayer(
     }
 
     const fd = new Feed(tarChunks, ex);
-    feed = fd;
     const entries = ex[Symbol.asyncIterator]();
     let hdrPos = 0; // where the next header block starts
     let last = ''; // name of the last entry, for messages

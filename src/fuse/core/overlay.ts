@@ -7,18 +7,13 @@
  * at a time under `lock`. A lookup racing a change of the same dir notices through the dir's `gen` and retries.
  */
 import type { Stats } from 'node:fs';
-import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, lutimesSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fstatSync, fsync as fsyncCb, ftruncateSync, lstatSync, openSync, read as readCb, readdirSync, readSync, write as writeCb, writeSync } from 'node:fs';
+import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, lutimesSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fstatSync, fsync as fsyncCb, ftruncateSync, lstatSync, openSync, read as readCb, readdirSync, readlinkSync, readSync, write as writeCb, writeSync } from 'node:fs';
 import { promisify } from 'node:util';
 import {
-  chmod,
-  lchown,
   link,
   lstat,
-  lutimes,
   mkdir,
-  open,
   readdir,
-  readlink,
   rename,
   rm,
   statfs,
@@ -463,7 +458,9 @@ export class Overlay implements CopyUpHost {
   async readlink(id: number): Promise<string> {
     const n = this.node(id);
     if (n.kind !== 'symlink') throw fsErr('EINVAL');
-    return readlink(this.realPath(n));
+    // synchronous: a target of up to 60 bytes lives in the inode (read already by the lookup), and a threadpool
+    // round trip cost ~100 us of a ~110 us READLINK (fuse-overlayfs answers in ~40)
+    return readlinkSync(this.realPath(n));
   }
 
   async access(id: number, _mode: number): Promise<void> {

@@ -169,7 +169,6 @@ export function fuseNativeWith(extra: string[]): FuseNativeCtor {
 }
 
 export class FuseNativeTransport {
-  private fuse: FuseNativeInstance | null = null;
   /** Requests answered (for the per-request CPU figure of LAYERFS_FUSE_STATS). */
   requests = 0;
   /** Nodes with libfuse `.fuse_hidden*` names (an unlinked file still open): those names are not links. */
@@ -338,6 +337,5 @@ export class FuseNativeTransport {
       debug: this.opts.debug ?? false,
     });
     await new Promise<void>((resolve, reject) => fuse.mount((err) => (err ? reject(err) : resolve())));
-    this.fuse = fuse;
   }
 }

@@ -137,15 +137,16 @@ export function readHeader(b: Buffer): InHeader {
     len: b.readUInt32LE(0),
     opcode: b.readUInt32LE(4),
     unique: b.readBigUInt64LE(8),
-    nodeid: Number(b.readBigUInt64LE(16)),
+    nodeid: u64(b, 16),
     uid: b.readUInt32LE(24),
     gid: b.readUInt32LE(28),
     pid: b.readUInt32LE(32),
   };
 }
 
-/** u64 field as a JS number (node ids, handles, offsets and sizes all stay below 2^53). */
-export const u64 = (b: Buffer, off: number): number => Number(b.readBigUInt64LE(off));
+/** u64 field as a JS number (node ids, handles, offsets and sizes all stay below 2^53; a bigger value rounds as
+ *  Number(bigint) would). Two 32-bit reads: no BigInt allocated, and this runs several times per request. */
+export const u64 = (b: Buffer, off: number): number => b.readUInt32LE(off) + b.readUInt32LE(off + 4) * 0x100000000;
 
 export function writeU64(b: Buffer, v: number, off: number): void {
   b.writeUInt32LE(v % 0x100000000 >>> 0, off);

@@ -8,37 +8,21 @@
  *  - the final tree equals the same sequence run on kernel overlay (each op's outcome too).
  * The server is a child process; readers are child processes; every mount is undone in finally/after.
  */
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { appendFile, chmod, mkdir, readdir, readFile, rename, rmdir, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { cleanup, diffSnapshots, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
+import { cleanup, diffSnapshots, mountKernel, snapshot, tmpDir, type Mounted, seededBytes, undoAfter } from './lib/fuse.js';
 import { mountWith, TRANSPORT_NAMES, transportUnavailable, type TMount } from './lib/fusemount.js';
 
 const OPS = Number(process.env.LAYERFS_CONC_OPS ?? 400);
 const WRITER_LIMIT_MS = 120_000;
 
-const live: (TMount | Mounted)[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-});
+const { live } = undoAfter<TMount | Mounted>();
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
-
-/** Deterministic bytes: n of them from a seed. */
-function bytes(seed: number, n: number): Buffer {
-  const b = Buffer.alloc(n);
-  let a = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    a ^= a << 13;
-    a ^= a >>> 17;
-    a ^= a << 5;
-    b[i] = a & 0xff;
-  }
-  return b;
-}
 
 interface Manifest {
   /** path -> full sha256: files whose content never changes (chmod may copy them up) */
@@ -57,23 +41,23 @@ async function buildLowers(root: string): Promise<{ lowers: string[]; manifest: 
   for (let d = 0; d < 8; d++) {
     for (let i = 0; i < 25; i++) {
       const rel = `stable/d${d}/f${i}`;
-      const data = bytes(d * 1000 + i + 1, 512 + ((d * 7919 + i * 104729) % 150_000));
+      const data = seededBytes(d * 1000 + i + 1, 512 + ((d * 7919 + i * 104729) % 150_000));
       await put(l2, rel, data);
       if (i % 5 === 0) {
-        const top = bytes(d * 1000 + i + 7777, 3000 + i);
+        const top = seededBytes(d * 1000 + i + 7777, 3000 + i);
         await put(l1, rel, top); // the upper layer's version wins
         manifest.exact[rel] = sha(top);
       } else manifest.exact[rel] = sha(data);
     }
   }
   for (let i = 0; i < 20; i++) {
-    const g = bytes(50_000 + i, 20_000 + i * 1000);
+    const g = seededBytes(50_000 + i, 20_000 + i * 1000);
     await put(l2, `grow/g${i}`, g);
     manifest.prefix[`grow/g${i}`] = [g.length, sha(g)];
-    const m = bytes(60_000 + i, 10_000 + i);
+    const m = seededBytes(60_000 + i, 10_000 + i);
     await put(l2, `meta/m${i}`, m);
     manifest.exact[`meta/m${i}`] = sha(m);
-    await put(l2, `del/x${i}`, bytes(70_000 + i, 4096));
+    await put(l2, `del/x${i}`, seededBytes(70_000 + i, 4096));
   }
   await mkdir(path.join(l1, 'w'), { recursive: true });
   return { lowers: [l1, l2], manifest };
@@ -159,7 +143,7 @@ function writerOps(n: number): Op[] {
   const published: string[] = [];
   const deleted = new Set<number>();
   for (let i = 0; i < n; i++) {
-    const data = bytes(900_000 + i, 100 + ((i * 7919) % 40_000));
+    const data = seededBytes(900_000 + i, 100 + ((i * 7919) % 40_000));
     const name = `f-${sha(data).slice(0, 16)}`;
     ops.push({
       what: `publish ${name}`,
@@ -181,7 +165,7 @@ function writerOps(n: number): Op[] {
     }
     if (i % 5 === 2) {
       const g = `grow/g${i % 20}`;
-      const extra = bytes(i, 3000);
+      const extra = seededBytes(i, 3000);
       ops.push({ what: `append ${g}`, run: (r) => appendFile(path.join(r, g), extra) });
     }
     if (i % 7 === 3) {

@@ -13,13 +13,13 @@
  *  - st_nlink of dirs: not compared (the kernel reports 1 for merged dirs; so do we, but the rule is the kernel's
  *    internal notion of "merged", which differs after a layerfs dir rename).
  */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { constants as fsc } from 'node:fs';
 import { open, truncate, rename, unlink, mkdir, rmdir, symlink, link, chmod, lchown, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { native } from '../src/common/native.js';
-import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
+import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDir, undoAfter } from './lib/fuse.js';
 
 const OPS = Number(process.env.LAYERFS_FUZZ_OPS ?? 2000);
 const SNAP_EVERY = 50;
@@ -127,10 +127,7 @@ async function outcome(op: Op, root: string): Promise<string> {
   }
 }
 
-const live: Mounted[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-});
+const { live } = undoAfter();
 
 for (const transport of FUSE_TRANSPORTS) {
   test(`differential: random ops on kernel overlay vs layerfs FUSE (${transport})`, { timeout: 200_000 }, async () => {

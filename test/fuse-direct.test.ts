@@ -10,17 +10,12 @@ import { appendFile, chmod, mkdir, open, readdir, readFile, rm, stat, statfs, ls
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { cli, cliOk } from './lib/cli.js';
-import { cleanup, mountFuse, serverStats, tmpDir, type Mounted } from './lib/fuse.js';
+import { mountFuse, serverStats, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
 import { forceUnmount, isMounted, waitProcessGone } from './lib/mounts.js';
 
 const run = promisify(execFile);
-const live: Mounted[] = [];
-const dirs: string[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-  for (const d of dirs) await cleanup(d);
-});
+const { live, dirs } = undoAfter();
 
 async function fixture(tag: string): Promise<{ dir: string; lower: string; upper: string; work: string; mnt: string }> {
   const dir = await tmpDir(tag);

@@ -3,7 +3,7 @@
  * The server always runs in a child process; this process only uses async fs calls (and xattr/child-process
  * calls, which block this process, not the server) on the mount. Every mount is undone in finally/after.
  */
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { appendFile, lstat, mkdir, readFile, readdir, rename, rmdir, stat, unlink, writeFile, link, symlink, chmod, lchown } from 'node:fs/promises';
@@ -12,14 +12,11 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/common/native.js';
 import { SERVER_MAIN } from '../src/fuse/index.js';
-import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, isMounted, mountFuse, mountKernel, snapshot, tmpDir, transportArgs, transportOption, type Mounted } from './lib/fuse.js';
+import { buildLowers, cleanup, diffSnapshots, FUSE_TRANSPORTS, isMounted, mountFuse, mountKernel, snapshot, tmpDir, transportArgs, transportOption, type Mounted, undoAfter } from './lib/fuse.js';
 import { forceUnmount } from './lib/mounts.js';
 
 const run = promisify(execFile);
-const live: Mounted[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-});
+const { live } = undoAfter();
 
 async function withMounts<T>(fn: (track: <M extends Mounted>(m: M) => M) => Promise<T>): Promise<T> {
   const mine: Mounted[] = [];

@@ -9,22 +9,17 @@
  * Each server is a child process; this process uses async fs calls and python3 child processes for the steps that
  * need fds held open, pwrite, ftruncate and mmap.
  */
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFile, spawn } from 'node:child_process';
 import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cleanup, mountFuse, mountKernel, serverStats, tmpDir, type Mounted, type TestTransport } from './lib/fuse.js';
+import { mountFuse, mountKernel, serverStats, tmpDir, type Mounted, type TestTransport, seededBytes, undoAfter } from './lib/fuse.js';
 
 const run = promisify(execFile);
-const live: Mounted[] = [];
-const dirs: string[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-  for (const d of dirs) await cleanup(d);
-});
+const { live, dirs } = undoAfter();
 
 /**
  * Runs steps (JSON on argv) in one python3 process, fds named by the steps; prints one result per step: a value, or
@@ -107,19 +102,6 @@ async function steps(cwd: string, list: Step[]): Promise<unknown[]> {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex').slice(0, 16);
 
-/** Deterministic bytes (a file's content must be checkable, not just nonzero). */
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
-
 interface ServerStats {
   byOp: Record<string, number>;
   passthrough: { wanted: boolean; on: boolean; backings: number; openNow: number; backingOpens: number; backingCloses: number; passthroughOpens: number; plainOpens: number; failures: number; busy: number };
@@ -139,7 +121,7 @@ async function settled(pid: number, file: string): Promise<ServerStats> {
   }
 }
 
-const LOWER = { big: bytes(4 << 20, 7), mm: bytes(64 << 10, 11), small: 'small lower file\n', conf: 'lower data\n', held: 'held open\n' };
+const LOWER = { big: seededBytes(7, 4 << 20), mm: seededBytes(11, 64 << 10), small: 'small lower file\n', conf: 'lower data\n', held: 'held open\n' };
 
 async function buildLower(lower: string): Promise<void> {
   await mkdir(lower, { recursive: true });
@@ -265,14 +247,19 @@ async function checkData(m: { lower: string; upper: string; mnt: string }): Prom
   assert.ok((await readFile(path.join(m.mnt, 'new.txt'))).equals(newTxt));
 }
 
+/** IO_STEPS through mount m, checked: what they return, the upper copies' stats, the data left in the layers. */
+async function runAndCheckIo(m: { lower: string; upper: string; mnt: string }): Promise<void> {
+  const { r, upperStats } = await ioSteps(m.mnt, m.upper);
+  checkIo(r, (k) => upperStats[k] as unknown[]);
+  await checkData(m);
+}
+
 describe('direct transport: FUSE passthrough', () => {
   test('reads, writes and mmap go to the backing files: no READ or WRITE request; data and attributes right', async () => {
     const m = await mountT('fpt', 'direct-pt');
     const s0 = await statsOf(m.pid, m.stats);
     assert.equal(s0.passthrough.on, true, 'passthrough negotiated (kernel 6.9+, root)');
-    const { r, upperStats } = await ioSteps(m.mnt, m.upper);
-    checkIo(r, (k) => upperStats[k] as unknown[]);
-    await checkData(m);
+    await runAndCheckIo(m);
     const s1 = await settled(m.pid, m.stats);
     assert.equal(delta(s0, s1, 'READ'), 0, 'no READ request');
     assert.equal(delta(s0, s1, 'WRITE'), 0, 'no WRITE request');
@@ -292,9 +279,7 @@ describe('direct transport: FUSE passthrough', () => {
     const m = await mountT('fnopt', 'direct');
     const s0 = await statsOf(m.pid, m.stats);
     assert.equal(s0.passthrough.wanted, false);
-    const { r, upperStats } = await ioSteps(m.mnt, m.upper);
-    checkIo(r, (k) => upperStats[k] as unknown[]);
-    await checkData(m);
+    await runAndCheckIo(m);
     const s1 = await statsOf(m.pid, m.stats);
     assert.ok(delta(s0, s1, 'READ') > 0 && delta(s0, s1, 'WRITE') > 0, `READ ${delta(s0, s1, 'READ')} WRITE ${delta(s0, s1, 'WRITE')}`);
   });
@@ -378,9 +363,7 @@ describe('direct transport: FUSE passthrough', () => {
     const m = await mountT('fptfail', 'direct', { LAYERFS_FUSE_PASSTHROUGH: '1', LAYERFS_FUSE_PASSTHROUGH_FAIL: 'EPERM' });
     const s0 = await statsOf(m.pid, m.stats);
     assert.equal(s0.passthrough.wanted, true);
-    const { r, upperStats } = await ioSteps(m.mnt, m.upper);
-    checkIo(r, (k) => upperStats[k] as unknown[]);
-    await checkData(m);
+    await runAndCheckIo(m);
     const s1 = await statsOf(m.pid, m.stats);
     const pt = s1.passthrough;
     assert.equal(pt.on, false, 'turned off at the first refusal');

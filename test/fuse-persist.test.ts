@@ -11,18 +11,15 @@
  *    (the other fs's numbers get the layer's index in the high bits; fuse-native folds them into 32 bits).
  * The servers are child processes; this process only uses async fs calls on the mounts.
  */
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, link, mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { forceUnmount, run } from './lib/mounts.js';
-import { cleanup, diffSnapshots, mountKernel, snapshot, tmpDir, type Mounted } from './lib/fuse.js';
+import { cleanup, diffSnapshots, mountKernel, snapshot, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
 import { mountWith, TRANSPORT_NAMES, transportUnavailable, type TMount } from './lib/fusemount.js';
 
-const live: (TMount | Mounted)[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-});
+const { live } = undoAfter<TMount | Mounted>();
 
 async function buildLowers(root: string): Promise<string[]> {
   const [l1, l2] = [path.join(root, 'l1'), path.join(root, 'l2')];

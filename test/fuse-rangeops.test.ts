@@ -7,25 +7,18 @@
  * lseek to "all data", copy_file_range to READs and WRITEs). Each server is a child process; this process uses async
  * fs calls and child processes (fallocate(1), truncate(1), python3 for lseek and copy_file_range).
  */
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { chmod, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { cleanup, mountFuse, mountKernel, serverStats, tmpDir, type Mounted } from './lib/fuse.js';
+import { mountFuse, mountKernel, serverStats, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
 import { forceUnmount } from './lib/mounts.js';
 
 const run = promisify(execFile);
-const live: Mounted[] = [];
-const tmpfsMounts: string[] = [];
-const dirs: string[] = [];
-after(async () => {
-  for (const m of live.reverse()) await m.stop().catch(() => undefined);
-  for (const t of tmpfsMounts) await forceUnmount(t).catch(() => undefined);
-  for (const d of dirs) await cleanup(d);
-});
+const { live, mounts: tmpfsMounts, dirs } = undoAfter();
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;

@@ -1,11 +1,25 @@
 /** Helpers for the FUSE tests: lower layers on disk, kernel and FUSE mounts, tree snapshots to compare. */
 import { createHash } from 'node:crypto';
+import { after } from 'node:test';
 import { mkdir, mkdtemp, readdir, readFile, readlink, lstat, rm, writeFile, symlink, link } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { mkWhiteout, native } from '../../src/common/native.js';
 import { startFuseMount, stopFuseMount, isMounted, type Transport } from '../../src/fuse/index.js';
 import { forceUnmount, run, waitProcessGone } from './mounts.js';
+
+/** n deterministic bytes from a seed (xorshift32): file contents a test can check, not just nonzero. */
+export function seededBytes(seed: number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
 
 export async function tmpDir(tag: string): Promise<string> {
   return mkdtemp(path.join(os.tmpdir(), `layerfs-${tag}-`));
@@ -226,6 +240,20 @@ export async function buildLowers(root: string, form: WhForm, o: { hardlinks?: b
 
 export async function cleanup(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
+}
+
+/**
+ * What a test file mounts and makes, undone after its last test, also when tests failed: the `live` mounts stopped
+ * (newest first), then the plain mountpoints in `mounts` (a tmpfs upper, say) unmounted, then the `dirs` removed.
+ */
+export function undoAfter<M extends { stop(): Promise<void> } = Mounted>(): { live: M[]; mounts: string[]; dirs: string[] } {
+  const t = { live: [] as M[], mounts: [] as string[], dirs: [] as string[] };
+  after(async () => {
+    for (const m of t.live.reverse()) await m.stop().catch(() => undefined);
+    for (const d of t.mounts) await forceUnmount(d).catch(() => undefined);
+    for (const d of t.dirs) await cleanup(d);
+  });
+  return t;
 }
 
 /** A FUSE server's counters: SIGUSR2 makes it append one JSON line to its LAYERFS_FUSE_STATS file; the new line. */

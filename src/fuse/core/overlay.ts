@@ -72,7 +72,7 @@ interface Resolution {
 
 /** File I/O up to this size is done with a synchronous syscall on the JS thread (the backing file is a local file,
  *  never the mount: a threadpool round trip costs more than a small read). Bigger reads/writes go to the pool.
- *  A transport may answer a READ or WRITE of at most this size at once with readNow / writeNow. */
+ *  A transport may do a READ or WRITE of at most this size itself, at once, on readFd / writeFd. */
 export const SYNC_IO_MAX = 64 * 1024;
 const readAsync = promisify(readCb);
 const writeAsync = promisify(writeCb);
@@ -1177,7 +1177,7 @@ export class Overlay implements CopyUpHost {
   }
 
   /** The fd a read of handle fh reads, or with fh 0 that of node id's implicit handle (no open handle). Valid until
-   *  the next turn of the event loop: a transport does a small read on it at once (readNow, or its own syscall). */
+   *  the next turn of the event loop: a transport does a small read on it at once (its own syscall). */
   readFd(fh: number, id: number): number {
     return this.readHandle(fh === 0 ? this.implicitHandle(this.node(id), false) : fh).fd;
   }
@@ -1193,22 +1193,9 @@ export class Overlay implements CopyUpHost {
     return this.writeHandle(fh).fd;
   }
 
-  /** read() of at most SYNC_IO_MAX bytes, done synchronously. */
-  readNow(fh: number, id: number, buf: Buffer, len: number, pos: number): number {
-    if (len > SYNC_IO_MAX) throw fsErr('EINVAL');
-    return readFully(this.readFd(fh, id), buf, len, pos);
-  }
-
-  /** write() of at most SYNC_IO_MAX bytes, done synchronously; null as writeFd. */
-  writeNow(fh: number, id: number, buf: Buffer, len: number, pos: number): number | null {
-    if (len > SYNC_IO_MAX) throw fsErr('EINVAL');
-    const fd = this.writeFd(fh, id);
-    return fd === null ? null : writeFully(fd, buf, len, pos);
-  }
-
   async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    if (len <= SYNC_IO_MAX) return this.readNow(fh, 0, buf, len, pos);
     const fd = this.readHandle(fh).fd;
+    if (len <= SYNC_IO_MAX) return readFully(fd, buf, len, pos);
     return this.usingFd(fd, async () => {
       let done = 0;
       while (done < len) {
@@ -1221,8 +1208,8 @@ export class Overlay implements CopyUpHost {
   }
 
   async write(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
-    if (len <= SYNC_IO_MAX) return this.writeNow(fh, 0, buf, len, pos)!;
     const fd = this.writeHandle(fh).fd;
+    if (len <= SYNC_IO_MAX) return writeFully(fd, buf, len, pos);
     return this.usingFd(fd, async () => {
       let done = 0;
       while (done < len) done += (await writeAsync(fd, buf, done, len - done, pos + done)).bytesWritten;
@@ -1289,10 +1276,7 @@ export class Overlay implements CopyUpHost {
   }
 
   async release(fh: number): Promise<void> {
-    const h = this.handles.get(fh);
-    if (!h) return;
-    this.handles.delete(fh);
-    this.closeFd(h.fd);
+    this.closeHandle(fh);
   }
 
   /** Close every handle (unmount). */

@@ -2,6 +2,7 @@
  * Read-only lower layers: they never change while mounted, so each directory's listing is read once and cached,
  * and lookups in a lower dir are answered from memory. A lower dir is addressed as { layer, path }.
  */
+import { lstatSync, readdirSync, type Dirent } from 'node:fs';
 import { readdir, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { isWhiteoutStat, whiteoutTarget, WH_OPAQUE } from './whiteout.js';
@@ -9,7 +10,22 @@ import { isWhiteoutStat, whiteoutTarget, WH_OPAQUE } from './whiteout.js';
 export interface LowerDir {
   layer: number; // index into Overlay.lowers (0 = top lower)
   path: string; // absolute path of the directory inside that layer
+  /** Known to be at most SMALL_DIR bytes (from the stat of this very dir at lookup): listed synchronously. */
+  small?: boolean;
 }
+
+/**
+ * A lower dir this size or smaller (st_size: one or a few blocks, a few hundred entries) is listed on the calling
+ * thread: a threadpool round trip (two thread wake-ups, ~150 us on a VM) cost more than the getdents itself, even
+ * cold. Bigger ones, and dirs of unknown size, go to the threadpool, so that one huge dir on a slow NFS store does
+ * not hold up every other request.
+ */
+export const SMALL_DIR = 16 * 1024;
+
+/** Listings read ahead at most at once (threadpool jobs), so that requests' own fs calls still find threads. */
+const PREFETCH_MAX = 4;
+/** Dirs waiting to be read ahead at most (the oldest are dropped: a walk has moved on from them). */
+const PREFETCH_QUEUE = 4096;
 
 /** Entry kinds in a lower listing: d = dir, w = whiteout (char 0/0), o = anything else. */
 export type LowerKind = 'd' | 'w' | 'o';
@@ -35,23 +51,64 @@ const NO_WHITEOUTS: ReadonlySet<string> = new Set();
 
 export class LowerCache {
   private listings = new Map<string, Promise<LowerListing>>();
+  private prefetching = 0;
+  private prefetchQueue: string[] = [];
 
-  listing(dir: string): Promise<LowerListing> {
+  listing(ld: LowerDir | string): Promise<LowerListing> {
+    const dir = typeof ld === 'string' ? ld : ld.path;
     let p = this.listings.get(dir);
     if (!p) {
-      p = readListing(dir);
-      this.listings.set(dir, p);
-      p.catch(() => this.listings.delete(dir));
+      p = typeof ld !== 'string' && ld.small ? listSync(dir) : readdir(dir, { withFileTypes: true }).then((d) => toListing(dir, d));
+      this.remember(dir, p);
     }
     return p;
   }
+
+  /**
+   * Read these dirs' listings ahead, in the background (threadpool, PREFETCH_MAX at a time): the subdirs of a dir
+   * just listed, which a walk (find, tar, du, ls -R) visits next. Their disk reads then overlap the requests in
+   * between instead of each waiting in turn. A stack, the first subdir on top: a walk goes depth first, so the
+   * subdirs of the dir it entered last are the next it needs. Dirs already listed are skipped.
+   */
+  prefetch(dirs: readonly string[]): void {
+    for (let i = dirs.length - 1; i >= 0; i--) if (!this.listings.has(dirs[i])) this.prefetchQueue.push(dirs[i]);
+    if (this.prefetchQueue.length > PREFETCH_QUEUE) this.prefetchQueue.splice(0, this.prefetchQueue.length - PREFETCH_QUEUE);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (this.prefetching < PREFETCH_MAX && this.prefetchQueue.length > 0) {
+      const dir = this.prefetchQueue.pop()!;
+      if (this.listings.has(dir)) continue;
+      this.prefetching++;
+      const p = readdir(dir, { withFileTypes: true }).then((d) => toListing(dir, d));
+      this.remember(dir, p);
+      void p.catch(() => undefined).finally(() => {
+        this.prefetching--;
+        this.pump();
+      });
+    }
+  }
+
+  private remember(dir: string, p: Promise<LowerListing>): void {
+    this.listings.set(dir, p);
+    p.catch(() => this.listings.delete(dir));
+  }
 }
 
-async function readListing(dir: string): Promise<LowerListing> {
+function listSync(dir: string): Promise<LowerListing> {
+  try {
+    return Promise.resolve(toListing(dir, readdirSync(dir, { withFileTypes: true })));
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/** A listing from a dir's entries. lstat only for char devices (whiteout or not) and DT_UNKNOWN: rare, so sync. */
+function toListing(dir: string, dirents: Dirent[]): LowerListing {
   const entries: [string, LowerKind][] = [];
   let whiteouts: Set<string> | null = null;
   let opaqueFile = false;
-  const dirents = await readdir(dir, { withFileTypes: true });
   for (const d of dirents) {
     const name = d.name;
     if (name === WH_OPAQUE) {
@@ -65,10 +122,10 @@ async function readListing(dir: string): Promise<LowerListing> {
     }
     let kind: LowerKind;
     if (d.isDirectory()) kind = 'd';
-    else if (d.isCharacterDevice()) kind = isWhiteoutStat(await lstat(path.join(dir, name))) ? 'w' : 'o';
+    else if (d.isCharacterDevice()) kind = isWhiteoutStat(lstatSync(path.join(dir, name))) ? 'w' : 'o';
     else if (d.isFile() || d.isSymbolicLink() || d.isBlockDevice() || d.isFIFO() || d.isSocket()) kind = 'o';
     else {
-      const st = await lstat(path.join(dir, name)); // DT_UNKNOWN (some network filesystems)
+      const st = lstatSync(path.join(dir, name)); // DT_UNKNOWN (some network filesystems)
       kind = st.isDirectory() ? 'd' : isWhiteoutStat(st) ? 'w' : 'o';
     }
     if (kind === 'w') (whiteouts ??= new Set()).add(name);

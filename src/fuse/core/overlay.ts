@@ -26,7 +26,7 @@ import { randomBytes } from 'node:crypto';
 import { native, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, SEEK_DATA, SEEK_HOLE, XATTR_CREATE, XATTR_REPLACE } from '../../common/native.js';
 import { copyUp, copyUpTree, major, minor, type CopyUpHost, type CopyUpOptions } from './copyup.js';
 import { fsErr, isCode } from './errors.js';
-import { AliasIndex, findName, LowerCache, type LowerDir } from './layer.js';
+import { AliasIndex, findName, LowerCache, SMALL_DIR, type LowerDir } from './layer.js';
 import { Mutex } from './mutex.js';
 import { loopTurn, RangeCopier } from './rangecopy.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
@@ -396,7 +396,7 @@ export class Overlay implements CopyUpHost {
     const last = p.lowerDirs.length - 1;
     for (let k = 0; k <= last; k++) {
       const ld = p.lowerDirs[k];
-      const listing = await this.lowerCache.listing(ld.path);
+      const listing = await this.lowerCache.listing(ld);
       const i = findName(listing, name);
       if (i < 0) {
         if (listing.whiteouts.has(name)) return res;
@@ -408,8 +408,12 @@ export class Overlay implements CopyUpHost {
         return { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
       }
       if (res && !res.st.isDirectory()) return res;
-      if (!res) res = { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
-      res.lowerDirs.push({ layer: ld.layer, path: full });
+      if (!res) {
+        res = { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
+        res.lowerDirs.push({ layer: ld.layer, path: full, small: res.st.size <= SMALL_DIR });
+      } else {
+        res.lowerDirs.push({ layer: ld.layer, path: full });
+      }
       if (listing.whiteouts.has(name)) return res; // `.wh.X` beside X: X is new in this layer
       // opaque: stop merging the layers below. The bottom one has none below: no check (two syscalls per dir
       // looked up, and most dirs of an image are in one layer only)
@@ -493,7 +497,7 @@ export class Overlay implements CopyUpHost {
 
   private async readMergedNames(d: Node): Promise<readonly string[]> {
     // one lower dir and no upper one: its listing is the merged one (no copy of it per dir)
-    if (!d.upper && d.lowerDirs.length === 1) return (await this.lowerCache.listing(d.lowerDirs[0].path)).names;
+    if (!d.upper && d.lowerDirs.length === 1) return (await this.lowerCache.listing(d.lowerDirs[0])).names;
     const seen = new Set<string>();
     const hidden = new Set<string>();
     const out: string[] = [];
@@ -518,7 +522,7 @@ export class Overlay implements CopyUpHost {
       }
     }
     for (const ld of d.lowerDirs) {
-      const listing = await this.lowerCache.listing(ld.path);
+      const listing = await this.lowerCache.listing(ld);
       for (const name of listing.names) {
         if (seen.has(name) || hidden.has(name)) continue;
         seen.add(name);
@@ -536,10 +540,14 @@ export class Overlay implements CopyUpHost {
     const unknown = names.filter((name) => d.children.get(name) === undefined);
     if (unknown.length > 0) await mapLimit(unknown, 32, (name) => this.lookupIn(d, name).catch(() => null));
     const out: DirEntry[] = [];
+    const subdirs: string[] = [];
     for (const name of names) {
       const n = d.children.get(name) ?? (await this.lookupIn(d, name).catch(() => null));
-      if (n) out.push({ name, ino: n.ino, kind: n.kind });
+      if (!n) continue;
+      out.push({ name, ino: n.ino, kind: n.kind });
+      if (n.kind === 'dir') for (const ld of n.lowerDirs) subdirs.push(ld.path);
     }
+    this.lowerCache.prefetch(subdirs);
     return out;
   }
 

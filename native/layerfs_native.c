@@ -290,6 +290,24 @@ static napi_value n_copy_file_range(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* willNeed(path, len) -> bool: open path, ask the kernel to read its first len bytes into the page cache
+   (POSIX_FADV_WILLNEED: the reads are queued, not waited for), close. false when the file cannot be opened. */
+static napi_value n_will_need(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char path[PATH_BUF];
+  STR(0, path);
+  int64_t len;
+  if (get_off(env, argv[1], &len)) return NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd >= 0) {
+    posix_fadvise(fd, 0, (off_t)len, POSIX_FADV_WILLNEED);
+    close(fd);
+  }
+  napi_value out;
+  napi_get_boolean(env, fd >= 0, &out);
+  return out;
+}
+
 /* dtypeSupported(dir) -> bool: does readdir report d_type here (overlay needs it)? `dir` must hold an entry. */
 #include <dirent.h>
 static napi_value n_dtype_supported(napi_env env, napi_callback_info info) {
@@ -602,6 +620,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"fallocate", NULL, n_fallocate, NULL, NULL, NULL, napi_default, NULL},
     {"lseek", NULL, n_lseek, NULL, NULL, NULL, napi_default, NULL},
     {"copyFileRange", NULL, n_copy_file_range, NULL, NULL, NULL, napi_default, NULL},
+    {"willNeed", NULL, n_will_need, NULL, NULL, NULL, napi_default, NULL},
     {"dtypeSupported", NULL, n_dtype_supported, NULL, NULL, NULL, napi_default, NULL},
     {"watchReadable", NULL, n_watch_readable, NULL, NULL, NULL, napi_default, NULL},
     {"unwatch", NULL, n_unwatch, NULL, NULL, NULL, napi_default, NULL},

@@ -52,6 +52,9 @@ describe('direct transport: protocol edge cases', () => {
     await mkdir(pub);
     await chmod(pub, 0o1777);
     await run('sh', ['-c', 'head -c 1073741824 /dev/zero > "$0"', path.join(f.lower, 'huge')]);
+    // seq: 16 files of 128 KiB, read in and out of listing order
+    await mkdir(path.join(f.lower, 'seq'));
+    for (let i = 0; i < 16; i++) await writeFile(path.join(f.lower, 'seq', `f${String(i).padStart(2, '0')}`), Buffer.alloc(128 << 10, i + 1));
     m = await mountDirect(f);
     delete process.env.LAYERFS_FUSE_STATS;
   });
@@ -105,6 +108,37 @@ describe('direct transport: protocol edge cases', () => {
     assert.ok(after.coreNodes !== null && full.coreNodes !== null && after.coreNodes < full.coreNodes / 4, `the core still holds ${after.coreNodes} of ${full.coreNodes} nodes`);
     // nodes made again have the numbers they had: the same listing, inode numbers and link counts included
     assert.equal(await listing(), before);
+  });
+
+  test('files read from their start in listing order: the next files of the dir are read ahead; out of order: none', async () => {
+    const lowerSeq = path.join(f.lower, 'seq');
+    const names = await readdir(path.join(f.mnt, 'seq')); // the mount's listing order
+    assert.equal(names.length, 16);
+    // the lower files out of the page cache (written, so synced first: only clean pages can be dropped)
+    await run('sync');
+    for (const n of names) await run('dd', [`if=${path.join(lowerSeq, n)}`, 'iflag=nocache', 'count=0', 'status=none']);
+    const resident = async (i: number): Promise<number> => Number((await run('fincore', ['-n', '-b', '-o', 'RES', path.join(lowerSeq, names[i])])).stdout.trim());
+    const readThrough = async (i: number): Promise<void> => {
+      assert.deepEqual(await readFile(path.join(f.mnt, 'seq', names[i])), Buffer.alloc(128 << 10, Number(names[i].slice(1)) + 1));
+    };
+    for (let i = 0; i < 16; i++) assert.equal(await resident(i), 0, `${names[i]} still cached before the test`);
+    // out of order: 10, then 3. Nothing else is read
+    await readThrough(10);
+    await readThrough(3);
+    await new Promise((r) => setTimeout(r, 300));
+    for (const i of [4, 5, 6, 11, 12]) assert.equal(await resident(i), 0, `${names[i]} read ahead after out-of-order reads`);
+    // in order from 3: 4, 5. The window opens at the second file in order: 6 and 7 are read ahead, 8 not yet
+    await readThrough(4);
+    await readThrough(5);
+    let ahead = [0, 0];
+    for (let t = 0; t < 40 && (ahead[0] === 0 || ahead[1] === 0); t++) {
+      await new Promise((r) => setTimeout(r, 50));
+      ahead = [await resident(6), await resident(7)];
+    }
+    assert.ok(ahead[0] > 0 && ahead[1] > 0, `the next files were not read ahead (resident bytes ${ahead})`);
+    assert.equal(await resident(8), 0, `${names[8]} read ahead past the window`);
+    // what was read ahead reads back right through the mount
+    for (const i of [6, 7, 8]) await readThrough(i);
   });
 
   test('files made by a non-root user are owned by that user', async () => {

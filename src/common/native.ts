@@ -17,6 +17,9 @@ export interface Native {
   lseek(fd: number, offset: number, whence: number): number;
   /** copy_file_range(2) with explicit offsets (the fds' positions are unused): bytes copied, 0 at end of input. */
   copyFileRange(fdIn: number, offIn: number, fdOut: number, offOut: number, len: number, flags: number): number;
+  /** Open path, POSIX_FADV_WILLNEED of its first len bytes (the disk reads are queued, not waited for), close.
+   *  false when it cannot be opened. */
+  willNeed(path: string, len: number): boolean;
   /** Whether readdir reports entry types in `dir` (which must hold at least one entry). */
   dtypeSupported(dir: string): boolean;
   /** Calls cb on the JS thread whenever fd is readable (a libuv poll handle); returns the watcher for unwatch. */

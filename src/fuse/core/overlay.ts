@@ -74,6 +74,13 @@ interface Resolution {
  *  never the mount: a threadpool round trip costs more than a small read). Bigger reads/writes go to the pool.
  *  A transport may do a READ or WRITE of at most this size itself, at once, on readFd / writeFd. */
 export const SYNC_IO_MAX = 64 * 1024;
+/** Read-ahead across files (readStarted): files kept in flight ahead of an in-order reader, and bytes of each. */
+const FILES_AHEAD = 8;
+const FILE_AHEAD_BYTES = 256 * 1024;
+/** Entries between two files read in order that may be skipped (dirs, links, empty files), and the largest dir
+ *  searched for an out-of-order file's place. */
+const SEQ_SKIP_MAX = 256;
+const SEQ_FIND_MAX = 4096;
 const readAsync = promisify(readCb);
 const writeAsync = promisify(writeCb);
 const closeAsync = promisify(closeCb);
@@ -113,6 +120,8 @@ export class Overlay implements CopyUpHost {
   private readonly implicit = new Map<Node, number>();
   /** Merged listings of dirs, valid while the dir's gen, upper flag and lower dirs are unchanged. */
   private readonly namesCache = new WeakMap<Node, { gen: number; upper: boolean; lowerDirs: LowerDir[]; names: readonly string[] }>();
+  /** Per dir: where in its listing the files read from their start have got to (readStarted). */
+  private readonly readCursor = new WeakMap<Node, { names: readonly string[]; at: number; ahead: number; run: number }>();
   private readonly lock = new Mutex();
   /** Session numbers for nodes whose stable number is taken or unknown (2^52 up: above every derived one). */
   private nextFallbackIno: number;
@@ -559,6 +568,64 @@ export class Overlay implements CopyUpHost {
       if (n) out.push(n);
     }
     return out;
+  }
+
+  // ---- read-ahead across files ------------------------------------------------------------------------------
+
+  /**
+   * A read from offset 0 of node id began. When the files of its dir are being read one after another in listing
+   * order (tar, cp -r, rsync, an image export: the second file read from the start is the next readable entry
+   * after the first), the next FILES_AHEAD lower files of the dir are read ahead (POSIX_FADV_WILLNEED, their
+   * first FILE_AHEAD_BYTES), so that their disk reads are in flight while the caller works through the current
+   * one, instead of each READ waiting for its own. Other orders read nothing ahead.
+   */
+  readStarted(id: number): void {
+    const n = this.nodes.get(id);
+    const p = n?.parent;
+    if (!n || !p || n.kind !== 'file') return;
+    const c = this.namesCache.get(p);
+    if (!c || c.gen !== p.gen) return;
+    const names = c.names;
+    let cur = this.readCursor.get(p);
+    if (!cur || cur.names !== names) this.readCursor.set(p, (cur = { names, at: -1, ahead: -1, run: 0 }));
+    // the next entries of the listing that a reader in order would have read before this one: dirs, symlinks,
+    // empty files (no READ)
+    let i = -1;
+    for (let j = cur.at + 1; j < names.length && j <= cur.at + SEQ_SKIP_MAX; j++) {
+      if (names[j] === n.name) {
+        i = j;
+        break;
+      }
+      if (this.readable(p, names[j])) break;
+    }
+    if (i < 0) {
+      // out of order: find where it is (bounded), read nothing ahead
+      cur.at = names.length <= SEQ_FIND_MAX ? names.indexOf(n.name) : -1;
+      cur.ahead = cur.at;
+      cur.run = 0;
+      return;
+    }
+    cur.at = i;
+    cur.ahead = Math.max(cur.ahead, i);
+    // the window grows with the run: 2 files ahead after two read in order, then 4, 6, up to FILES_AHEAD
+    const want = Math.min(FILES_AHEAD, 2 * cur.run++);
+    let queued = 0;
+    for (let j = i + 1; j <= cur.ahead; j++) if (this.readable(p, names[j])) queued++;
+    for (let j = cur.ahead + 1; j < names.length && queued < want && j <= i + SEQ_SKIP_MAX; j++) {
+      cur.ahead = j;
+      const m = p.children.get(names[j]);
+      if (!m || !this.readable(p, names[j]) || m.upper || !m.lowerStat) continue;
+      native.willNeed(this.realPath(m), Math.min(m.lowerStat.size, FILE_AHEAD_BYTES));
+      queued++;
+    }
+  }
+
+  /** Is p's child `name` a file with data (one a reader in listing order reads)? Only what is known already. */
+  private readable(p: Node, name: string): boolean {
+    const m = p.children.get(name);
+    if (!m || m.kind !== 'file') return false;
+    const st = m.lowerStat;
+    return m.upper || (st !== null && st.size > 0);
   }
 
   // ---- helpers for changes ----------------------------------------------------------------------------------

@@ -50,18 +50,32 @@ export interface LowerListing {
 const NO_WHITEOUTS: ReadonlySet<string> = new Set();
 
 export class LowerCache {
-  private listings = new Map<string, Promise<LowerListing>>();
+  /** A listing being read (a promise), then the listing itself: one map, and no await for a listing in hand. */
+  private listings = new Map<string, Promise<LowerListing> | LowerListing>();
   private prefetching = 0;
   private prefetchQueue: string[] = [];
 
   listing(ld: LowerDir | string): Promise<LowerListing> {
     const dir = typeof ld === 'string' ? ld : ld.path;
-    let p = this.listings.get(dir);
-    if (!p) {
-      p = typeof ld !== 'string' && ld.small ? listSync(dir) : readdir(dir, { withFileTypes: true }).then((d) => toListing(dir, d));
-      this.remember(dir, p);
+    const have = this.listings.get(dir);
+    if (have instanceof Promise) return have;
+    if (have) return Promise.resolve(have);
+    if (typeof ld !== 'string' && ld.small) {
+      try {
+        const l = toListing(dir, readdirSync(dir, { withFileTypes: true }));
+        this.listings.set(dir, l);
+        return Promise.resolve(l);
+      } catch (err) {
+        return Promise.reject(err);
+      }
     }
-    return p;
+    return this.readAsync(dir);
+  }
+
+  /** The listing of dir if it has been read: a lookup through 100 layers then costs no await per layer. */
+  now(dir: string): LowerListing | undefined {
+    const have = this.listings.get(dir);
+    return have instanceof Promise ? undefined : have;
   }
 
   /**
@@ -81,26 +95,28 @@ export class LowerCache {
       const dir = this.prefetchQueue.pop()!;
       if (this.listings.has(dir)) continue;
       this.prefetching++;
-      const p = readdir(dir, { withFileTypes: true }).then((d) => toListing(dir, d));
-      this.remember(dir, p);
-      void p.catch(() => undefined).finally(() => {
-        this.prefetching--;
-        this.pump();
-      });
+      void this.readAsync(dir)
+        .catch(() => undefined)
+        .finally(() => {
+          this.prefetching--;
+          this.pump();
+        });
     }
   }
 
-  private remember(dir: string, p: Promise<LowerListing>): void {
+  /** Read dir's listing on the threadpool; in the map as a promise until read (forgotten if the read fails). */
+  private readAsync(dir: string): Promise<LowerListing> {
+    const p = readdir(dir, { withFileTypes: true }).then((d) => toListing(dir, d));
     this.listings.set(dir, p);
-    p.catch(() => this.listings.delete(dir));
-  }
-}
-
-function listSync(dir: string): Promise<LowerListing> {
-  try {
-    return Promise.resolve(toListing(dir, readdirSync(dir, { withFileTypes: true })));
-  } catch (err) {
-    return Promise.reject(err);
+    p.then(
+      (l) => {
+        if (this.listings.get(dir) === p) this.listings.set(dir, l);
+      },
+      () => {
+        if (this.listings.get(dir) === p) this.listings.delete(dir);
+      },
+    );
+    return p;
   }
 }
 

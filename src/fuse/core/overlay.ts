@@ -405,7 +405,7 @@ export class Overlay implements CopyUpHost {
     const last = p.lowerDirs.length - 1;
     for (let k = 0; k <= last; k++) {
       const ld = p.lowerDirs[k];
-      const listing = await this.lowerCache.listing(ld);
+      const listing = this.lowerCache.now(ld.path) ?? (await this.lowerCache.listing(ld));
       const i = findName(listing, name);
       if (i < 0) {
         if (listing.whiteouts.has(name)) return res;
@@ -531,7 +531,7 @@ export class Overlay implements CopyUpHost {
       }
     }
     for (const ld of d.lowerDirs) {
-      const listing = await this.lowerCache.listing(ld);
+      const listing = this.lowerCache.now(ld.path) ?? (await this.lowerCache.listing(ld));
       for (const name of listing.names) {
         if (seen.has(name) || hidden.has(name)) continue;
         seen.add(name);

@@ -36,6 +36,40 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 const statsOf = (pid: number, file: string) => serverStats<Record<string, number>>(pid, file);
 
+/**
+ * Read-ahead across files, seen in the page cache of the lower files (fincore): mnt/seq lists 16 files of 128 KiB
+ * (the lower's seq). Out of order (10, then 3) nothing else is read; in order from 3 (4, 5) the next two are read
+ * ahead, the third not yet.
+ */
+async function checkReadAhead(mnt: string, lower: string): Promise<void> {
+  const lowerSeq = path.join(lower, 'seq');
+  const names = await readdir(path.join(mnt, 'seq')); // the mount's listing order
+  assert.equal(names.length, 16);
+  // the lower files out of the page cache (written, so synced first: only clean pages can be dropped)
+  await run('sync');
+  for (const n of names) await run('dd', [`if=${path.join(lowerSeq, n)}`, 'iflag=nocache', 'count=0', 'status=none']);
+  const resident = async (i: number): Promise<number> => Number((await run('fincore', ['-n', '-b', '-o', 'RES', path.join(lowerSeq, names[i])])).stdout.trim());
+  const readThrough = async (i: number): Promise<void> => {
+    assert.deepEqual(await readFile(path.join(mnt, 'seq', names[i])), Buffer.alloc(128 << 10, Number(names[i].slice(1)) + 1));
+  };
+  for (let i = 0; i < 16; i++) assert.equal(await resident(i), 0, `${names[i]} still cached before the test`);
+  await readThrough(10);
+  await readThrough(3);
+  await new Promise((r) => setTimeout(r, 300));
+  for (const i of [4, 5, 6, 11, 12]) assert.equal(await resident(i), 0, `${names[i]} read ahead after out-of-order reads`);
+  // the window opens at the second file in order: 6 and 7 are read ahead, 8 not yet
+  await readThrough(4);
+  await readThrough(5);
+  let ahead = [0, 0];
+  for (let t = 0; t < 40 && (ahead[0] === 0 || ahead[1] === 0); t++) {
+    await new Promise((r) => setTimeout(r, 50));
+    ahead = [await resident(6), await resident(7)];
+  }
+  assert.ok(ahead[0] > 0 && ahead[1] > 0, `the next files were not read ahead (resident bytes ${ahead})`);
+  assert.equal(await resident(8), 0, `${names[8]} read ahead past the window`);
+  for (const i of [6, 7, 8]) await readThrough(i); // what was read ahead reads back right
+}
+
 describe('direct transport: protocol edge cases', () => {
   let f: Awaited<ReturnType<typeof fixture>>;
   let m: Mounted & { pid: number };
@@ -111,34 +145,18 @@ describe('direct transport: protocol edge cases', () => {
   });
 
   test('files read from their start in listing order: the next files of the dir are read ahead; out of order: none', async () => {
-    const lowerSeq = path.join(f.lower, 'seq');
-    const names = await readdir(path.join(f.mnt, 'seq')); // the mount's listing order
-    assert.equal(names.length, 16);
-    // the lower files out of the page cache (written, so synced first: only clean pages can be dropped)
-    await run('sync');
-    for (const n of names) await run('dd', [`if=${path.join(lowerSeq, n)}`, 'iflag=nocache', 'count=0', 'status=none']);
-    const resident = async (i: number): Promise<number> => Number((await run('fincore', ['-n', '-b', '-o', 'RES', path.join(lowerSeq, names[i])])).stdout.trim());
-    const readThrough = async (i: number): Promise<void> => {
-      assert.deepEqual(await readFile(path.join(f.mnt, 'seq', names[i])), Buffer.alloc(128 << 10, Number(names[i].slice(1)) + 1));
-    };
-    for (let i = 0; i < 16; i++) assert.equal(await resident(i), 0, `${names[i]} still cached before the test`);
-    // out of order: 10, then 3. Nothing else is read
-    await readThrough(10);
-    await readThrough(3);
-    await new Promise((r) => setTimeout(r, 300));
-    for (const i of [4, 5, 6, 11, 12]) assert.equal(await resident(i), 0, `${names[i]} read ahead after out-of-order reads`);
-    // in order from 3: 4, 5. The window opens at the second file in order: 6 and 7 are read ahead, 8 not yet
-    await readThrough(4);
-    await readThrough(5);
-    let ahead = [0, 0];
-    for (let t = 0; t < 40 && (ahead[0] === 0 || ahead[1] === 0); t++) {
-      await new Promise((r) => setTimeout(r, 50));
-      ahead = [await resident(6), await resident(7)];
+    await checkReadAhead(f.mnt, f.lower);
+  });
+
+  test('the same through the fuse-native transport', async () => {
+    const g = await fixture('fdirect-ra');
+    const n = await mountFuse([f.lower], g.mnt, g.upper, g.work, 'fuse-native');
+    live.push(n);
+    try {
+      await checkReadAhead(g.mnt, f.lower);
+    } finally {
+      await n.stop();
     }
-    assert.ok(ahead[0] > 0 && ahead[1] > 0, `the next files were not read ahead (resident bytes ${ahead})`);
-    assert.equal(await resident(8), 0, `${names[8]} read ahead past the window`);
-    // what was read ahead reads back right through the mount
-    for (const i of [6, 7, 8]) await readThrough(i);
   });
 
   test('files made by a non-root user are owned by that user', async () => {

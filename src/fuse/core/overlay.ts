@@ -615,9 +615,19 @@ export class Overlay implements CopyUpHost {
       cur.ahead = j;
       const m = p.children.get(names[j]);
       if (!m || !this.readable(p, names[j]) || m.upper || !m.lowerStat) continue;
-      native.willNeed(this.realPath(m), Math.min(m.lowerStat.size, FILE_AHEAD_BYTES));
+      try {
+        native.willNeed(this.realPath(m), Math.min(m.lowerStat.size, FILE_AHEAD_BYTES));
+      } catch {
+        // only advice: a read never fails for it
+      }
       queued++;
     }
+  }
+
+  /** readStarted for a read by handle fh (a transport whose read requests carry no node id). */
+  readStartedByHandle(fh: number): void {
+    const h = this.handles.get(fh);
+    if (h) this.readStarted(h.node.ino);
   }
 
   /** Is p's child `name` a file with data (one a reader in listing order reads)? Only what is known already. */

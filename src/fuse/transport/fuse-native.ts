@@ -258,7 +258,11 @@ export class FuseNativeTransport {
           const [pid, name] = await this.resolveParent(p);
           return (await c.create(pid, name, mode)).fh;
         }, (fh) => [0, fh]),
-      read: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => this.run('read', cb, () => c.read(fh, buf, len, pos), (n) => [n]),
+      read: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
+        this.run('read', cb, () => {
+          if (pos === 0) c.readStartedByHandle(fh); // the core may read the next files of the dir ahead
+          return c.read(fh, buf, len, pos);
+        }, (n) => [n]),
       write: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => this.run('write', cb, () => c.write(fh, buf, len, pos), (n) => [n]),
       // no flush op: libfuse answers FLUSH with ENOSYS and the kernel stops sending it (nothing to flush here:
       // writes reach the backing file at once), one round trip less on every close

@@ -596,7 +596,7 @@ export class Overlay implements CopyUpHost {
         i = j;
         break;
       }
-      if (this.readable(p, names[j])) break;
+      if (readable(p.children.get(names[j]))) break;
     }
     if (i < 0) {
       // out of order: find where it is (bounded), read nothing ahead
@@ -610,11 +610,11 @@ export class Overlay implements CopyUpHost {
     // the window grows with the run: 2 files ahead after two read in order, then 4, 6, up to FILES_AHEAD
     const want = Math.min(FILES_AHEAD, 2 * cur.run++);
     let queued = 0;
-    for (let j = i + 1; j <= cur.ahead; j++) if (this.readable(p, names[j])) queued++;
+    for (let j = i + 1; j <= cur.ahead; j++) if (readable(p.children.get(names[j]))) queued++;
     for (let j = cur.ahead + 1; j < names.length && queued < want && j <= i + SEQ_SKIP_MAX; j++) {
       cur.ahead = j;
       const m = p.children.get(names[j]);
-      if (!m || !this.readable(p, names[j]) || m.upper || !m.lowerStat) continue;
+      if (!readable(m) || m.upper || !m.lowerStat) continue;
       try {
         native.willNeed(this.realPath(m), Math.min(m.lowerStat.size, FILE_AHEAD_BYTES));
       } catch {
@@ -628,14 +628,6 @@ export class Overlay implements CopyUpHost {
   readStartedByHandle(fh: number): void {
     const h = this.handles.get(fh);
     if (h) this.readStarted(h.node.ino);
-  }
-
-  /** Is p's child `name` a file with data (one a reader in listing order reads)? Only what is known already. */
-  private readable(p: Node, name: string): boolean {
-    const m = p.children.get(name);
-    if (!m || m.kind !== 'file') return false;
-    const st = m.lowerStat;
-    return m.upper || (st !== null && st.size > 0);
   }
 
   // ---- helpers for changes ----------------------------------------------------------------------------------
@@ -1444,4 +1436,10 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (t: T) => Promise<R
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return out;
+}
+
+/** Is this child (as known already) a file with data, one a reader in listing order reads (readStarted)? */
+function readable(m: Node | null | undefined): m is Node {
+  if (!m || m.kind !== 'file') return false;
+  return m.upper || (m.lowerStat !== null && m.lowerStat.size > 0);
 }

@@ -478,7 +478,7 @@ export class DirectTransport {
       }
     }
     // a file read from its start: the core may read the next files of its dir ahead (readStarted)
-    if (h.opcode === Op.READ && buf.readUInt32LE(IN_HEADER + 8) === 0 && buf.readUInt32LE(IN_HEADER + 12) === 0) this.core.readStarted(h.nodeid);
+    if (h.opcode === Op.READ && u64(buf, IN_HEADER + 8) === 0) this.core.readStarted(h.nodeid);
     if ((h.opcode === Op.READ || h.opcode === Op.WRITE) && this.ioNow(h, buf, end)) return true;
     const fl: InFlight = { opcode: h.opcode, interrupted: false, interruptible: INTERRUPTIBLE.has(h.opcode) };
     this.inflight.set(h.unique, fl);

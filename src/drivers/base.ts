@@ -195,7 +195,7 @@ export abstract class LayeredDriver implements GraphDriver {
       await run('umount', [abs]).catch(() => undefined);
       throw new LayerfsError('EMOUNT', abs, `read-only bind mount failed: ${(err as Error).message}`);
     }
-    await this.index.putMount({ mountpoint: abs, layer: id, rw: false, driver: 'overlay', refs: 1, created: new Date().toISOString() });
+    await this.index.putMount({ mountpoint: abs, layer: id, rw: false, alone: true, driver: 'overlay', refs: 1, created: new Date().toISOString() });
     return abs;
   }
 

@@ -19,6 +19,8 @@ export interface MountRecord {
   refs: number;
   /** FUSE: the pid of the server process. */
   pid?: number;
+  /** A view of `layer` alone (`layer mount`: a read-only bind of its diff dir), not of its chain. */
+  alone?: boolean;
   created: string;
 }
 

@@ -11,7 +11,7 @@ import { access, mkdtemp, open, readdir, readFile, rm, writeFile, mkdir } from '
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { cliOk, cliSpawn } from './lib/cli.js';
+import { cli, cliOk, cliSpawn } from './lib/cli.js';
 import { makeImage, ociArchive } from './lib/images.js';
 import { forceUnmount, run } from './lib/mounts.js';
 import { loadSnapshotsService } from '../src/snapshotter/server.js';
@@ -43,6 +43,11 @@ function ctrFails(args: string[]): Promise<string> {
 }
 
 const layerfs = (args: string[]) => cliOk(['--root', root, '--shared', shared, ...args]);
+async function layerfsFails(args: string[]): Promise<string> {
+  const r = await cli(['--root', root, '--shared', shared, ...args]);
+  assert.notEqual(r.code, 0, `layerfs ${args.join(' ')} succeeded: ${r.stdout}`);
+  return r.stderr;
+}
 
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -304,6 +309,10 @@ test('ctr snapshots prepare / mounts / commit / view / label / rm', async () => 
   const ro = (JSON.parse(await layerfs(['--json', 'layer', 'ls'])) as { id: string; rw: boolean; parent: string | null }[]).find((l) => l.parent === chain[2]!.slice(7));
   assert.ok(ro && !ro.rw, `RO layer on top of the image (commit took ${commitMs.toFixed(0)} ms)`);
   assert.equal(await readFile(path.join(shared, 'overlay', ro.id, 'diff', 'etc', 'committed'), 'utf8'), 'from work1\n');
+  // layerfs' own removal refuses a layer a containerd snapshot holds, naming the snapshot
+  const refused = await layerfsFails(['layer', 'rm', ro.id]);
+  assert.match(refused, /still used by containerd snapshot .*layer4/);
+  assert.match(await layerfsFails(['layer', 'rm', chain[2]!.slice(7)]), /still used by .*containerd snapshot/);
 
   // views: one layer -> a read-only bind of its diff dir; more -> an overlay of lowers only.
   // (ctr puts no gc.root label on views: containerd's GC collects them, and so removes them from

@@ -19,7 +19,7 @@ function size(s: string | undefined): number | undefined {
 
 export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string; transport?: string }>> = {
   command: 'mount <ref> <mnt>',
-  describe: 'create an RW layer on top of image REF and mount the merged tree at MNT; prints the RW layer id',
+  describe: 'mount image REF with a new RW layer on top (or, with --name, the unmounted RW layer of that name), or an existing RW layer REF, at MNT; prints the RW layer id',
   builder: (y) =>
     y
       .positional('ref', { type: 'string', demandOption: true })
@@ -42,7 +42,7 @@ export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: strin
 
 export const umountCommand: CommandModule<GlobalArgs, A<{ mnt: string; rm: boolean; force: boolean }>> = {
   command: ['umount <mnt>', 'unmount <mnt>'],
-  describe: 'unmount a layerfs mount (drops one reference); --rm also deletes its RW layer',
+  describe: 'unmount a layerfs mount, or an RW layer wherever it is mounted (drops one reference); --rm also deletes the RW layer (mounted or not)',
   builder: (y) =>
     y
       .positional('mnt', { type: 'string', demandOption: true })

@@ -3,6 +3,8 @@ import { mkdir } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
 import { applyLayer } from '../archive/index.js';
 import { type GlobalArgs, withService } from './context.js';
+import { LayerfsError } from '../common/errors.js';
+import { describeKept, describeLease } from '../usage/index.js';
 import { humanSize, printJson, printTable, short } from './output.js';
 import { exportSubcommand, pullSubcommand } from './cmd-pull.js';
 import { layerMountCommands } from './cmd-mount.js';
@@ -55,7 +57,7 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         async (args) => {
           const res = await withService(args, (svc) => svc.removeImage(args.ref));
           if (args.json) printJson(res);
-          else process.stdout.write([`removed image ${res.image}`, ...res.layers.map((l) => `removed layer ${l}`)].join('\n') + '\n');
+          else process.stdout.write([`removed image ${res.image}`, ...res.layers.map((l) => `removed layer ${l}`), ...describeKept(res.kept)].join('\n') + '\n');
         },
       )
       .demandCommand(1),
@@ -72,11 +74,11 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'list layers',
         (c) => c,
         async (args) => {
-          const layers = await withService(args, (svc) => svc.listLayers());
+          const layers = await withService(args, (svc) => svc.layerRows());
           if (args.json) return printJson(layers);
           printTable(
-            ['ID', 'PARENT', 'KIND', 'SIZE', 'STATE', 'CREATED'],
-            layers.map((l) => [short(l.id), short(l.parent), l.rw ? 'rw' : 'ro', humanSize(l.size), l.missing ? 'missing' : 'ok', l.created]),
+            ['ID', 'NAME', 'PARENT', 'KIND', 'SIZE', 'STATE', 'MOUNTPOINT', 'CREATED'],
+            layers.map((l) => [short(l.id), l.name ?? '-', short(l.parent), l.rw ? 'rw' : 'ro', humanSize(l.size), l.missing ? 'missing' : 'ok', l.mountpoint ?? '-', l.created]),
           );
         },
       )
@@ -87,7 +89,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         async (args) => {
           const out = await withService(args, async (svc) => {
             const rec = await svc.resolveLayer(args.id);
-            return { ...rec, diffDir: svc.store.diffDir(rec.id), chain: (await svc.chain(rec.id)).map((l) => l.id), usedBy: await svc.layerUsers(rec.id) };
+            return { ...rec, diffDir: svc.store.diffDir(rec.id), chain: (await svc.chain(rec.id)).map((l) => l.id), usedBy: await svc.layerUsers(rec.id, { remote: !rec.rw }) };
           });
           printJson(out);
         },
@@ -104,10 +106,10 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       )
       .command<A<{ id: string }>>(
         ['rm <id>', 'remove <id>'],
-        'remove an RO layer nothing uses',
+        'remove an RO layer nothing uses (else the error names its users), or an RW layer that is not mounted',
         (c) => c.positional('id', { type: 'string', demandOption: true }),
         async (args) => {
-          const id = await withService(args, (svc) => svc.removeROLayer(args.id));
+          const id = await withService(args, (svc) => svc.removeLayer(args.id));
           process.stdout.write(`removed layer ${id}\n`);
         },
       )
@@ -161,4 +163,62 @@ export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
     };
     flat('', st);
   },
+};
+
+const DURATION = /^(\d+(?:\.\d+)?)(s|m|h|d)?$/;
+
+/** "90s", "10m", "24h", "7d" (no unit: seconds) -> ms. */
+export function parseDuration(s: string, what: string): number {
+  const m = DURATION.exec(s.trim());
+  if (!m) throw new LayerfsError('EUSAGE', `${what} ${s}`, 'is not a duration (e.g. 90s, 10m, 24h, 7d)');
+  return Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[(m[2] ?? 's') as 's']!;
+}
+
+export const pruneCommand: CommandModule<GlobalArgs, A<{ 'dry-run': boolean; rw: boolean; 'rw-age': string }>> = {
+  command: 'prune',
+  describe: 'delete RO layers nothing uses (no image, child layer, local user or live lease) and temp leftovers; --rw also old unmounted RW layers',
+  builder: (y) =>
+    y
+      .option('dry-run', { type: 'boolean', default: false, describe: 'say what would go, delete nothing' })
+      .option('rw', { type: 'boolean', default: false, describe: 'also RW layers that are not mounted and not a containerd snapshot\'s' })
+      .option('rw-age', { type: 'string', default: '24h', describe: 'with --rw: only those unchanged for this long (e.g. 90s, 10m, 24h, 7d)' }) as unknown as Argv<A<{ 'dry-run': boolean; rw: boolean; 'rw-age': string }>>,
+  handler: async (args) => {
+    const rwAge = args.rw ? parseDuration(args['rw-age'], '--rw-age') : undefined;
+    const res = await withService(args, (svc) => svc.prune({ dryRun: args['dry-run'], ...(rwAge !== undefined ? { rwOlderThanMs: rwAge } : {}) }));
+    if (args.json) return printJson(res);
+    const verb = res.dryRun ? 'would remove' : 'removed';
+    const lines = [...res.removed.map((l) => `${verb} layer ${l}`), ...res.rwRemoved.map((l) => `${verb} RW layer ${l}`), ...describeKept(res.kept)];
+    process.stdout.write((lines.length ? lines.join('\n') : 'nothing to prune') + '\n');
+  },
+};
+
+export const hostCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'host <command>',
+  describe: 'the hosts that use the shared store (their leases)',
+  builder: (y: Argv<GlobalArgs>) =>
+    y
+      .command<A>(
+        ['ls', 'list'],
+        'list every host\'s lease: what it uses, how old (on the shared store\'s clock), expired or live',
+        (c) => c,
+        async (args) => {
+          const hosts = await withService(args, (svc) => svc.hosts());
+          if (args.json) return printJson(hosts);
+          printTable(
+            ['HOST', 'HOSTNAME', 'LAYERS', 'USERS', 'AGE', 'STATE'],
+            hosts.map((h) => [h.host + (h.self ? ' (this host)' : ''), h.hostname, String(h.layers.length), describeLease(h), `${Math.round(h.ageMs / 1000)}s`, h.expired ? 'expired' : 'live']),
+          );
+        },
+      )
+      .command<A<{ id: string }>>(
+        'forget <id>',
+        'remove a dead host\'s lease (the layers it used are no longer protected by it)',
+        (c) => c.positional('id', { type: 'string', demandOption: true }),
+        async (args) => {
+          await withService(args, (svc) => svc.forgetHost(args.id));
+          process.stdout.write(`forgot host ${args.id}\n`);
+        },
+      )
+      .demandCommand(1),
+  handler: () => undefined,
 };

@@ -34,3 +34,11 @@ export function processAlive(pid: number): boolean {
   }
   return tasks.some((tid) => !dead(procState(`/proc/${pid}/task/${tid}/stat`)));
 }
+
+/**
+ * A crash test's hook: when LAYERFS_CRASH_AT names this point, the process kills itself with SIGKILL right here
+ * (a real kill -9 at a known step, where a test killing from outside could only hope to land).
+ */
+export function crashPoint(name: string): void {
+  if (process.env.LAYERFS_CRASH_AT === name) process.kill(process.pid, 'SIGKILL');
+}

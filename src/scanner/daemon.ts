@@ -1,5 +1,6 @@
 /**
- * `layerfs daemon`: the reader's periodic refresh. One per root (a pid lock file under the root).
+ * `layerfs daemon`: the reader's periodic refresh, every host's lease renewal, the writer's removal passes. One per
+ * root (a pid lock file under the root).
  *
  * The daemon opens the root's LevelDB only for the length of each scan, so the CLI (which opens it
  * per command) keeps working while the daemon runs: whoever comes second waits for LevelDB's LOCK
@@ -11,6 +12,7 @@ import { logger } from '../common/log.js';
 import { Index } from '../index/index.js';
 import { rebuildIndex } from '../service/rebuild.js';
 import { FileLock, type Store } from '../store/index.js';
+import { Lifetime } from '../usage/index.js';
 import { type ScanResult, scanChanged, scanOnce } from './scanner.js';
 
 export interface DaemonOptions {
@@ -79,6 +81,16 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
           // a scan that fails (NFS hiccup, index busy for long) is retried at the next interval
           log.error({ err }, 'scan failed');
         }
+      }
+      try {
+        // layer lifetime: renew this host's lease when due; a writer deletes the marked layers nothing uses
+        await withIndex(store, async (index) => {
+          const life = new Lifetime(store, index);
+          await life.leases.renew();
+          await life.collectMarked(); // logs what it removed and kept
+        });
+      } catch (err) {
+        log.error({ err }, 'lease renewal or removal pass failed');
       }
       if (opts.maxScans !== undefined && scans >= opts.maxScans) break;
       if (stopping) break;

@@ -4,10 +4,12 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { driverFor, selectDriver, type FuseDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
 import { publishImageOf, sha256Digest } from '../image/index.js';
+import { contentSize } from '../common/du.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
 import { Store, type ImageRecord, type LayerRecord, type Role } from '../store/index.js';
+import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
 import { rebuildIndex, type StoreSnapshot } from './rebuild.js';
 
 export interface ServiceOptions {
@@ -16,21 +18,20 @@ export interface ServiceOptions {
   role?: Role;
 }
 
-/** Who uses a layer: images listing it, and layers (RO children or RW layers) on top of it. */
-export interface LayerUsers {
-  images: string[];
-  children: string[];
-}
-
 /**
  * The store, its index and the operations on them. One process at a time holds a root's index
  * (LevelDB's LOCK); the CLI opens a Service per command.
  */
 export class Service {
+  /** Who uses a layer; every removal goes through it. */
+  readonly lifetime: Lifetime;
+
   private constructor(
     readonly store: Store,
     readonly index: Index,
-  ) {}
+  ) {
+    this.lifetime = new Lifetime(store, index);
+  }
 
   static async open(opts: ServiceOptions): Promise<Service> {
     const store = await Store.open(opts);
@@ -91,40 +92,68 @@ export class Service {
     return { ...rec, lowerDirs: [...rec.layers].reverse().map((l) => this.store.diffDir(l)) };
   }
 
-  /** Remove an image, then every layer of it that nothing else uses. Returns the removed layer ids. */
-  async removeImage(ref: string): Promise<{ image: string; layers: string[] }> {
+  /**
+   * `image rm`: the image record goes at once (no new mounts of it anywhere), its layers are marked for removal,
+   * and those nothing uses are deleted now; the others wait for a later pass (the writer's daemon, `prune`).
+   */
+  async removeImage(ref: string): Promise<{ image: string; layers: string[]; kept: KeptLayer[] }> {
     const rec = await this.resolveImage(ref);
     return this.store.withWriteLock(`image rm ${ref}`, async () => {
       await this.store.removeImage(rec.id);
       await this.index.delImage(rec.id);
-      const removed: string[] = [];
-      const sharedUsed = await this.layersUsedBySharedImages();
-      for (const id of [...rec.layers].reverse()) {
-        const users = await this.layerUsers(id);
-        if (users.images.length || users.children.length || sharedUsed.has(id)) break;
-        await this.store.removeROLayer(id);
-        await this.index.delLayer(id);
-        removed.push(id);
-      }
-      return { image: rec.id, layers: removed };
+      await this.store.markForRemoval(rec.layers);
+      const r = await this.lifetime.collect({ candidates: rec.layers });
+      return { image: rec.id, layers: r.removed, kept: r.kept };
     });
   }
 
   /**
-   * Layers used by the image records on the shared store. Another writer host may have imported
-   * images this host's index does not know; call with the writer lock held.
+   * `layerfs prune`: RO layers nothing uses (no image, child, local user or live lease), temp leftovers; with
+   * `rwOlderThanMs`, also RW layers not mounted, not a containerd snapshot's, unchanged for that long.
    */
-  private async layersUsedBySharedImages(): Promise<Set<string>> {
-    const used = new Set<string>();
-    for (const id of (await this.store.listSharedIds('overlay-images')).ids) {
-      for (const l of (await this.store.readSharedImage(id))?.layers ?? []) used.add(l);
+  async prune(opts: { dryRun?: boolean; rwOlderThanMs?: number } = {}): Promise<RemovalReport & { rwRemoved: string[] }> {
+    const dryRun = opts.dryRun ?? false;
+    const rwRemoved: string[] = [];
+    if (opts.rwOlderThanMs !== undefined) {
+      const users = await localUsers(this.index);
+      for (const l of await this.index.listLayers()) {
+        if (!l.rw || users.has(l.id)) continue;
+        if (Date.now() - (await this.store.rwLayerChangedAt(l.id)) < opts.rwOlderThanMs) continue;
+        if (!dryRun) await driverFor('overlay', this.store, this.index).remove(l.id);
+        rwRemoved.push(l.id);
+      }
     }
-    return used;
+    const r = await this.store.withWriteLock(`prune${dryRun ? ' --dry-run' : ''}`, () => this.lifetime.collect({ all: true, dryRun }));
+    if (!dryRun) await this.lifetime.usersChanged();
+    return { ...r, rwRemoved };
+  }
+
+  /** Every host's lease (`host ls`), ages on the shared store's clock. */
+  async hosts(): Promise<HostLease[]> {
+    const now = await this.lifetime.leases.renew({ force: true });
+    return this.lifetime.leases.all(now!);
+  }
+
+  /** `host forget ID`: drop a (dead) host's lease; its layers are no longer protected by it. */
+  async forgetHost(host: string): Promise<void> {
+    if (!(await this.lifetime.leases.forget(host))) throw new LayerfsError('EUSAGE', `host ${host}`, 'has no lease on the shared store');
   }
 
   // ---- layers
   async listLayers(): Promise<IndexedLayer[]> {
     return (await this.index.listLayers()).sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
+  }
+
+  /** `layer ls`: every layer, RW layers with their real size (bytes in the upper) and where they are mounted. */
+  async layerRows(): Promise<(IndexedLayer & { mountpoint: string | null })[]> {
+    const mounts = await this.index.listMounts();
+    const out: (IndexedLayer & { mountpoint: string | null })[] = [];
+    for (const l of await this.listLayers()) {
+      const m = mounts.find((x) => x.layer === l.id && x.rw === l.rw && !x.alone) ?? null;
+      const size = l.rw ? await contentSize(this.store.diffDir(l.id)).catch(() => 0) : l.size;
+      out.push({ ...l, size, mountpoint: m?.mountpoint ?? null });
+    }
+    return out;
   }
 
   async resolveLayer(ref: string): Promise<IndexedLayer> {
@@ -141,29 +170,25 @@ export class Service {
     throw new LayerfsError('ELAYERNOTFOUND', `layer ${ref}`, 'no such layer');
   }
 
-  async layerUsers(id: string): Promise<LayerUsers> {
-    const images = (await this.index.listImages()).filter((i) => i.layers.includes(id)).map((i) => i.names[0] ?? i.id);
-    const children = (await this.index.listLayers()).filter((l) => l.parent === id).map((l) => l.id);
-    return { images, children };
+  /** What keeps a layer: images, child layers, local users, and (`remote`) other hosts' leases. */
+  async layerUsers(id: string, opts: { remote?: boolean } = {}): Promise<LayerUser[]> {
+    return this.lifetime.usersOf(id, opts);
   }
 
-  /** Fail with EINUSE naming the users of a layer, if any. */
-  async assertLayerUnused(id: string): Promise<void> {
-    const u = await this.layerUsers(id);
-    const who = [...u.images.map((i) => `image ${i}`), ...u.children.map((c) => `layer ${c}`)];
-    if (who.length) throw new LayerfsError('EINUSE', `layer ${id}`, `still used by ${who.join(', ')}`);
-  }
-
-  /** Remove an RO layer that nothing uses (RW layers are removed by their driver). */
-  async removeROLayer(ref: string): Promise<string> {
+  /**
+   * `layer rm`: an RO layer nothing uses (else EINUSE naming its users), or an RW layer that is not mounted and
+   * not a containerd snapshot's.
+   */
+  async removeLayer(ref: string): Promise<string> {
     const rec = await this.resolveLayer(ref);
-    if (rec.rw) throw new LayerfsError('EUSAGE', `layer ${rec.id}`, 'is an RW layer: remove it with `layerfs umount --rm` or its driver');
-    await this.assertLayerUnused(rec.id);
-    await this.store.withWriteLock(`layer rm ${rec.id}`, async () => {
-      if ((await this.layersUsedBySharedImages()).has(rec.id)) throw new LayerfsError('EINUSE', `layer ${rec.id}`, 'still used by an image on the shared store');
-      await this.store.removeROLayer(rec.id);
-      await this.index.delLayer(rec.id);
-    });
+    if (rec.rw) {
+      const users = (await localUsers(this.index)).get(rec.id) ?? [];
+      if (users.length) throw new LayerfsError('EINUSE', `layer ${rec.id}`, `still used by ${describeUsers(users)}${users.some((u) => u.kind === 'mount') ? ': unmount it first' : ''}`);
+      await driverFor('overlay', this.store, this.index).remove(rec.id);
+      await this.lifetime.usersChanged();
+      return rec.id;
+    }
+    await this.store.withWriteLock(`layer rm ${rec.id}`, () => this.lifetime.removeLayer(rec));
     return rec.id;
   }
 
@@ -197,50 +222,109 @@ export class Service {
   }
 
   /**
-   * `layerfs mount REF MNT`: a new RW layer on top of image REF mounted at MNT (or, with `ro`, a
-   * read-only merged view of the image). Returns the RW layer id (ro: the image's top layer).
+   * `layerfs mount REF MNT`: REF is an image (a new RW layer on top of it, or with `name` the RW layer of that
+   * name on it if there is one, not mounted), or an existing RW layer (id, unique prefix or name), mounted at
+   * MNT. With `ro`: a read-only merged view of the image. Returns the RW layer id (ro: the image's top layer).
+   * The RO layers under the mount are leased (and checked) before it is made.
    */
-  async mountImage(ref: string, target: string, opts: { driver?: DriverName; ro?: boolean; quota?: number; name?: string } = {}): Promise<{ layer: string; mountpoint: string; driver: string }> {
-    const img = await this.resolveImage(ref);
+  async mountImage(ref: string, target: string, opts: { driver?: DriverName; ro?: boolean; quota?: number; name?: string } = {}): Promise<{ layer: string; mountpoint: string; driver: string; reused?: boolean }> {
+    const img = await this.resolveImage(ref).catch(async (err: unknown) => {
+      // not an image: an existing RW layer?
+      const rw = await this.resolveLayer(ref).catch(() => null);
+      if (rw?.rw && !opts.ro) return rw;
+      throw err;
+    });
     await this.cleanStaleMounts();
     const d = await this.driver(opts.driver);
-    if (opts.ro) {
-      if (opts.quota !== undefined) throw new LayerfsError('EQUOTA', `image ${ref}`, 'a read-only mount takes no quota (RO layers never do)');
-      if (!img.topLayer) throw new LayerfsError('EMOUNT', `image ${ref}`, 'has no layers to show');
-      const mountpoint = await d.mountRO(img.topLayer, target);
-      return { layer: img.topLayer, mountpoint, driver: d.name };
-    }
-    const id = randomBytes(32).toString('hex');
-    await d.createRW(id, img.topLayer, { ...(opts.quota !== undefined ? { quota: opts.quota } : {}), ...(opts.name ? { name: opts.name } : {}) });
     try {
-      const mountpoint = await d.mount(id, { target });
-      return { layer: id, mountpoint, driver: d.name };
-    } catch (err) {
-      await d.remove(id).catch(() => undefined);
-      throw err;
+      if ('rw' in img) return await this.mountRW(d, img, target, opts);
+      if (opts.ro) {
+        if (opts.quota !== undefined) throw new LayerfsError('EQUOTA', `image ${ref}`, 'a read-only mount takes no quota (RO layers never do)');
+        if (!img.topLayer) throw new LayerfsError('EMOUNT', `image ${ref}`, 'has no layers to show');
+        await this.lifetime.claim(await this.roChain(img.topLayer));
+        const mountpoint = await d.mountRO(img.topLayer, target);
+        return { layer: img.topLayer, mountpoint, driver: d.name };
+      }
+      const named = opts.name ? (await this.index.listLayers()).find((l) => l.rw && l.name === opts.name) : undefined;
+      if (named) {
+        if (named.parent !== img.topLayer) throw new LayerfsError('EEXIST', `RW layer ${opts.name}`, `exists on another image (parent layer ${named.parent ?? 'none'}, not ${img.topLayer ?? 'none'}): choose another name, or remove it with \`layerfs layer rm ${named.id}\``);
+        return await this.mountRW(d, named, target, opts);
+      }
+      if (img.topLayer) await this.lifetime.claim(await this.roChain(img.topLayer));
+      const id = randomBytes(32).toString('hex');
+      await d.createRW(id, img.topLayer, { ...(opts.quota !== undefined ? { quota: opts.quota } : {}), ...(opts.name ? { name: opts.name } : {}) });
+      try {
+        const mountpoint = await d.mount(id, { target });
+        return { layer: id, mountpoint, driver: d.name };
+      } catch (err) {
+        await d.remove(id).catch(() => undefined);
+        throw err;
+      }
+    } finally {
+      await this.lifetime.usersChanged();
     }
+  }
+
+  /** Mount an existing RW layer again (it keeps its upper dir: a durable container). */
+  private async mountRW(d: LayeredDriver, rw: IndexedLayer, target: string, opts: { quota?: number }): Promise<{ layer: string; mountpoint: string; driver: string; reused: boolean }> {
+    if (opts.quota !== undefined) throw new LayerfsError('EQUOTA', `layer ${rw.id}`, 'an existing RW layer keeps the quota it was made with');
+    const elsewhere = (await this.index.listMounts()).find((m) => m.layer === rw.id && m.rw && m.mountpoint !== path.resolve(target));
+    if (elsewhere) throw new LayerfsError('EINUSE', `layer ${rw.name ?? rw.id}`, `is already mounted at ${elsewhere.mountpoint}`);
+    if (rw.parent) await this.lifetime.claim(await this.roChain(rw.parent));
+    const mountpoint = await d.mount(rw.id, { target });
+    return { layer: rw.id, mountpoint, driver: d.name, reused: true };
+  }
+
+  /** RO layer ids of a chain, top first. */
+  private async roChain(top: string): Promise<string[]> {
+    return (await this.chain(top)).map((l) => l.id).reverse();
   }
 
   /** `layerfs layer mount ID MNT`: a read-only view of one RO layer alone. */
   async mountLayer(ref: string, target: string, driver: DriverName = 'auto'): Promise<string> {
     const rec = await this.resolveLayer(ref);
     const d = await this.driver(driver);
-    return d.mountLayerAlone(rec.id, target);
+    try {
+      if (!rec.rw) await this.lifetime.claim([rec.id]);
+      return await d.mountLayerAlone(rec.id, target);
+    } finally {
+      await this.lifetime.usersChanged();
+    }
   }
 
-  /** `layerfs umount MNT [--rm]`. */
+  /**
+   * `layerfs umount MNT|RW-LAYER [--rm]`. An RW layer (id, prefix or name) is unmounted wherever it is mounted;
+   * with `rm` an unmounted one is deleted. A writer then runs a removal pass if layers wait for one (a layer kept
+   * for this mount after its image was removed goes now).
+   */
   async umount(target: string, opts: { rm?: boolean; force?: boolean } = {}): Promise<{ layer: string; removed: boolean }> {
     const abs = path.resolve(target);
-    const rec = await this.index.getMount(abs);
-    if (!rec) throw new LayerfsError('EMOUNT', abs, 'not a layerfs mount');
-    const d = driverFor(rec.driver, this.store, this.index);
-    await d.unmount(abs, { force: opts.force || opts.rm });
-    let removed = false;
-    if (opts.rm && rec.rw) {
-      await d.remove(rec.layer);
-      removed = true;
+    let recs = [await this.index.getMount(abs)].filter((m) => m !== undefined);
+    let layer: string;
+    let rw: boolean;
+    if (recs.length) {
+      layer = recs[0]!.layer;
+      rw = recs[0]!.rw;
+    } else {
+      const l = await this.resolveLayer(target).catch(() => null);
+      if (!l?.rw) throw new LayerfsError('EMOUNT', abs, 'not a layerfs mount (nor an RW layer)');
+      layer = l.id;
+      rw = true;
+      recs = (await this.index.listMounts()).filter((m) => m.layer === l.id && m.rw);
+      if (!recs.length && !opts.rm) throw new LayerfsError('EMOUNT', `layer ${l.name ?? l.id}`, 'is not mounted (--rm deletes it)');
     }
-    return { layer: rec.layer, removed };
+    try {
+      for (const rec of recs) await driverFor(rec.driver, this.store, this.index).unmount(rec.mountpoint, { force: opts.force || opts.rm });
+      let removed = false;
+      if (opts.rm && rw) {
+        await this.removeLayer(layer);
+        removed = true;
+      }
+      return { layer, removed };
+    } finally {
+      await this.lifetime.usersChanged();
+      if (this.store.role === 'writer') await this.lifetime.collectMarked();
+    }
   }
 
   /** A mount point or layer id -> the RW layer behind it. */

@@ -15,6 +15,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, realpath, rename, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { applyLayer, exportDiff } from '../archive/index.js';
+import { contentSize } from '../common/du.js';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { readMountTable } from '../common/mountinfo.js';
@@ -138,15 +139,6 @@ export async function diskUsage(dir: string): Promise<{ size: number; inodes: nu
   return { size, inodes };
 }
 
-/** Bytes of regular-file content under a dir (LayerRecord.size). */
-async function contentSize(dir: string): Promise<number> {
-  let total = 0;
-  for (const d of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (d.isFile()) total += (await lstat(path.join(d.parentPath ?? (d as unknown as { path: string }).path, d.name))).size;
-  }
-  return total;
-}
-
 /**
  * Mount points (other than `own`) that use a snapshot's dirs: an overlay with one of `dirs` as
  * upperdir/lowerdir, a bind mount of one of them, or a bind of one of the `own` mounts (our FUSE
@@ -202,13 +194,18 @@ export class Snapshotter {
   }
 
   /** Run `fn` with the service open, one request at a time. */
-  run<T>(fn: (svc: Service) => Promise<T>): Promise<T> {
+  run<T>(fn: (svc: Service) => Promise<T>, opts: { changesUsers?: boolean } = {}): Promise<T> {
     this.pending++;
     const p = this.queue.then(async () => {
       clearTimeout(this.idle);
       try {
         this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), role: this.opts.role ?? 'writer' });
-        return await fn(this.svc);
+        try {
+          return await fn(this.svc);
+        } finally {
+          // the layers this host's snapshots use are leased on the shared store (src/usage)
+          if (opts.changesUsers) await this.svc.lifetime.usersChanged();
+        }
       } finally {
         if (--this.pending === 0) this.idle = setTimeout(() => void this.release(), this.idleMs);
       }
@@ -280,6 +277,7 @@ export class Snapshotter {
       if (!key) throw new SnapshotError('InvalidArgument', 'snapshot key is empty');
       if (await svc.index.getSnapshot(key)) throw new SnapshotError('AlreadyExists', `snapshot ${key} already exists`);
       const p = await this.committedParent(svc, parent);
+      if (p?.layer) await svc.lifetime.claim((await svc.chain(p.layer)).map((l) => l.id).reverse());
       const now = new Date().toISOString();
       const rec: SnapshotRecord = { key, kind, parent: p ? p.key : null, labels: { ...labels }, created: now, updated: now, layer: p?.layer ?? null };
       if (kind === 'active') {
@@ -294,7 +292,7 @@ export class Snapshotter {
         await this.removeRecord(svc, rec).catch(() => undefined);
         throw err;
       }
-    });
+    }, { changesUsers: true });
   }
 
   mounts(key: string): Promise<Mount[]> {
@@ -378,7 +376,7 @@ export class Snapshotter {
       const now = new Date().toISOString();
       await dropSnapshot(svc, key);
       await saveSnapshot(svc, { key: name, kind: 'committed', parent: a.parent, labels: { ...a.labels, ...labels }, created: now, updated: now, layer: id });
-    });
+    }, { changesUsers: true });
   }
 
   /** The RW layer's upper dir becomes RO layer `id` on the shared store (renamed, or copied across filesystems). */
@@ -432,7 +430,7 @@ export class Snapshotter {
       if (children.length) throw new SnapshotError('FailedPrecondition', `cannot remove snapshot ${key}: it has ${children.length} child snapshot(s) (${children.map((c) => c.key).join(', ')})`);
       await this.assertNotInUse(svc, rec);
       await this.removeRecord(svc, rec);
-    });
+    }, { changesUsers: true });
   }
 
   /** Release a snapshot's disk space and drop its record. */
@@ -448,7 +446,7 @@ export class Snapshotter {
     if ((await svc.index.listSnapshots()).some((s) => s.layer === id && s.kind !== 'active')) return false;
     if (!(await svc.index.getLayer(id))) return false;
     try {
-      await svc.removeROLayer(id);
+      await svc.removeLayer(id);
       return true;
     } catch (err) {
       if (err instanceof LayerfsError && err.code === 'EINUSE') {
@@ -525,7 +523,7 @@ export class Snapshotter {
         if (m) await driverFor(m.driver, svc.store, svc.index).unmount(p, { force: true }).catch(() => undefined);
         if (!(await isMountpoint(p))) await rmdir(p).catch(() => undefined);
       }
-    });
+    }, { changesUsers: true });
   }
 }
 

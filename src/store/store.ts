@@ -21,6 +21,8 @@ const KINDS = ['overlay', 'overlay-layers', 'overlay-images'] as const;
 type Kind = (typeof KINDS)[number];
 
 const TMP_PREFIX = '.tmp-';
+/** A removed RO layer's record dir while its removal is under way (see `retireLayer`). */
+const RETIRE_PREFIX = '.retire-';
 const SHORT_ALPHABET = 'abcdefghijklmnopqrstuvwxyz0234567';
 /** Short link names: 10 chars keep `RO/l/<short>:` at 16 bytes, so 200 lowers fit in one page of mount data. */
 const SHORT_LEN = 10;
@@ -79,6 +81,8 @@ export class Store {
   readonly root: string;
   readonly shared: string;
   readonly role: Role;
+  /** This local root's host id (stable: made once, kept in `<root>/host-id`); names its lease on the shared store. */
+  hostId = '';
 
   private constructor(opts: StoreOptions) {
     this.root = path.resolve(opts.root);
@@ -95,7 +99,16 @@ export class Store {
       await ensureSymlink(path.join(s.shared, kind), path.join(s.root, kind, 'RO'));
     }
     if (s.role === 'writer') await mkdir(path.join(s.shared, 'overlay', 'l'), { recursive: true });
+    s.hostId = await s.loadHostId();
     return s;
+  }
+
+  private async loadHostId(): Promise<string> {
+    const file = path.join(this.root, 'host-id');
+    const id = (await readFile(file, 'utf8').catch(() => '')).trim();
+    if (/^[0-9a-f]{16,64}$/.test(id)) return id;
+    await writeFileAtomic(file, randomBytes(8).toString('hex') + '\n');
+    return (await readFile(file, 'utf8')).trim();
   }
 
   // ---- paths ---------------------------------------------------------------------------------
@@ -259,15 +272,120 @@ export class Store {
     }
   }
 
-  /** Remove an RO layer from the shared store: layer.json first (readers stop seeing it), then the data. */
-  async removeROLayer(id: string): Promise<void> {
+  // ---- removal of RO layers (src/usage decides what may go; these are its steps) -------------------
+  /**
+   * Step 1 of removing an RO layer: its record dir leaves its final name (`overlay-layers/.retire-<id>`), so no
+   * host sees the layer as ready any more, while its data stays whole. Returns false when there was no record.
+   * A crash here leaves the retired record, which `retiredLayers` lists and the next pass restores or finishes.
+   */
+  async retireLayer(id: string): Promise<boolean> {
     await this.unlinkLocal(id, 'layer');
-    const metaDir = this.sharedPath('overlay-layers', id);
-    if (await exists(metaDir)) await this.moveAsideAndRemove(metaDir);
+    try {
+      await rename(this.sharedPath('overlay-layers', id), this.sharedPath('overlay-layers', `${RETIRE_PREFIX}${id}`));
+      return true;
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) return false;
+      throw err;
+    }
+  }
+
+  /** Undo `retireLayer` (a user appeared meanwhile): the record takes its name back. */
+  async restoreRetired(id: string): Promise<void> {
+    await rename(this.sharedPath('overlay-layers', `${RETIRE_PREFIX}${id}`), this.sharedPath('overlay-layers', id));
+  }
+
+  /**
+   * Step 2: delete a retired layer. The data dir leaves its final name first (then the short link, the retired
+   * record, the data), so a layer dir with a final name is always whole. Also finishes a layer whose data dir is
+   * left without a record (a crash between the steps of an older removal).
+   */
+  async destroyLayer(id: string): Promise<void> {
     const dataDir = this.sharedPath('overlay', id);
     const short = await readFile(path.join(dataDir, 'link'), 'utf8').catch(() => null);
+    let aside: string | null = null;
+    if (await exists(dataDir)) {
+      aside = path.join(path.dirname(dataDir), `${TMP_PREFIX}rm-${randomBytes(6).toString('hex')}`);
+      await rename(dataDir, aside);
+    }
     if (short) await rm(this.sharedPath('overlay', 'l', short.trim()), { force: true });
-    if (await exists(dataDir)) await this.moveAsideAndRemove(dataDir);
+    await rm(this.sharedPath('overlay-layers', `${RETIRE_PREFIX}${id}`), { recursive: true, force: true });
+    if (aside) await rm(aside, { recursive: true, force: true });
+  }
+
+  /** Drop a retired record whose layer was published again meanwhile (the new data dir stays). */
+  async destroyRetiredRecord(id: string): Promise<void> {
+    await rm(this.sharedPath('overlay-layers', `${RETIRE_PREFIX}${id}`), { recursive: true, force: true });
+  }
+
+  /** Layers left retired (a removal that did not finish). */
+  async retiredLayers(): Promise<string[]> {
+    const names = await readdir(this.sharedPath('overlay-layers')).catch(() => [] as string[]);
+    return names.filter((n) => n.startsWith(RETIRE_PREFIX) && isLayerId(n.slice(RETIRE_PREFIX.length))).map((n) => n.slice(RETIRE_PREFIX.length));
+  }
+
+  /** Whether an RO layer's data dir has its final name (whole: see `destroyLayer`). */
+  async hasLayerData(id: string): Promise<boolean> {
+    return exists(path.join(this.sharedPath('overlay', id), 'diff'));
+  }
+
+  /** Whether an RO layer's record has its final name on the shared store (one stat; a mount checks its chain with it). */
+  async layerPublished(id: string): Promise<boolean> {
+    return exists(this.sharedPath('overlay-layers', id, 'layer.json'));
+  }
+
+  // ---- removal marks: `<shared>/gc/<layer-id>`, one empty file per layer waiting for removal ----------
+  private get markDir(): string {
+    return path.join(this.shared, 'gc');
+  }
+
+  async markForRemoval(ids: string[]): Promise<void> {
+    if (!ids.length) return;
+    await mkdir(this.markDir, { recursive: true });
+    for (const id of ids) await writeFile(path.join(this.markDir, id), '');
+  }
+
+  async unmark(id: string): Promise<void> {
+    await rm(path.join(this.markDir, id), { force: true });
+  }
+
+  /** Layers marked for removal (one readdir). */
+  async markedLayers(): Promise<string[]> {
+    return (await readdir(this.markDir).catch(() => [] as string[])).filter(isLayerId);
+  }
+
+  // ---- leases: `<shared>/leases/<host-id>.json`, each written by its own host only (temp + rename) ------------
+  private get leaseDir(): string {
+    return path.join(this.shared, 'leases');
+  }
+
+  /** Write this host's lease; returns its mtime as the shared store's clock set it (a skew-free "now"). */
+  async writeLease(data: string): Promise<number> {
+    await mkdir(this.leaseDir, { recursive: true });
+    const file = path.join(this.leaseDir, `${this.hostId}.json`);
+    await writeFileAtomic(file, data);
+    return (await stat(file)).mtimeMs;
+  }
+
+  /** Every host's lease file with its mtime and size (one readdir, one stat a host). */
+  async listLeases(): Promise<{ host: string; mtimeMs: number; size: number }[]> {
+    const out: { host: string; mtimeMs: number; size: number }[] = [];
+    for (const n of await readdir(this.leaseDir).catch(() => [] as string[])) {
+      if (!n.endsWith('.json') || n.startsWith('.')) continue;
+      const st = await stat(path.join(this.leaseDir, n)).catch(() => null);
+      if (st) out.push({ host: n.slice(0, -'.json'.length), mtimeMs: st.mtimeMs, size: st.size });
+    }
+    return out;
+  }
+
+  async readLease(host: string): Promise<string | null> {
+    return readFile(path.join(this.leaseDir, `${path.basename(host)}.json`), 'utf8').catch(() => null);
+  }
+
+  async removeLease(host: string): Promise<boolean> {
+    const file = path.join(this.leaseDir, `${path.basename(host)}.json`);
+    if (!(await exists(file))) return false;
+    await rm(file, { force: true });
+    return true;
   }
 
   private async moveAsideAndRemove(dir: string): Promise<void> {
@@ -355,6 +473,13 @@ export class Store {
       if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return null;
       throw err;
     }
+  }
+
+  /** When an RW layer last changed, as far as one stat tells (its upper dir's mtime, else its creation). */
+  async rwLayerChangedAt(id: string): Promise<number> {
+    const st = await stat(this.diffDir(id)).catch(() => null);
+    const rec = await this.readLocalLayer(id);
+    return Math.max(st?.mtimeMs ?? 0, rec ? Date.parse(rec.created) : 0);
   }
 
   /** Remove an RW layer: record first, then data (`removeDir` can delete e.g. a subvolume first). */

@@ -1,0 +1,260 @@
+/**
+ * One model of who uses a layer, and every removal goes through it. A layer's data is deleted only when no image,
+ * child layer, local user (RW layer, mount, containerd snapshot) or live lease of another host references it.
+ *
+ * Removal is two-phase: `image rm` drops the image record at once (no new mounts anywhere) and marks its layers
+ * (`<shared>/gc/<id>`); a pass (right away, then the writer's daemon, or `layerfs prune`) deletes the marked layers
+ * nothing uses and says why it kept the others. A deletion is crash-safe and race-free with mounts elsewhere:
+ *  1. the record dir leaves its final name (`retireLayer`): no host sees the layer as ready any more;
+ *  2. the leases are read again: a host that leased the layer before step 1 is seen, and the layer is restored;
+ *     a host that leases it after step 1 finds it retired when it checks its chain (`claim`) and does not mount;
+ *  3. the data dir leaves its final name, then everything is deleted (`destroyLayer`).
+ * A crash after step 1 leaves a retired record: the next pass restores it and decides again.
+ * Call the removing methods with the shared store's writer lock held.
+ */
+import { LayerfsError } from '../common/errors.js';
+import { logger } from '../common/log.js';
+import { crashPoint } from '../common/proc.js';
+import type { Index, IndexedLayer } from '../index/index.js';
+import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+import { describeLease, Leases, type HostLease, type LeaseIo } from './leases.js';
+import { chainIds, describeUsers, localUsers, type LayerUser } from './users.js';
+
+export interface KeptLayer {
+  id: string;
+  users: LayerUser[];
+}
+
+export interface RemovalReport {
+  removed: string[];
+  kept: KeptLayer[];
+  dryRun: boolean;
+}
+
+/** "kept 3 layers: used by host h2 (2 mounts)" — one line per distinct reason. */
+export function describeKept(kept: KeptLayer[]): string[] {
+  const byWhy = new Map<string, number>();
+  for (const k of kept) {
+    const why = describeUsers(k.users);
+    byWhy.set(why, (byWhy.get(why) ?? 0) + 1);
+  }
+  return [...byWhy].map(([why, n]) => `kept ${n} layer${n === 1 ? '' : 's'}: used by ${why}`);
+}
+
+interface World {
+  layers: Map<string, IndexedLayer>;
+  /** Image records: the index's, plus those on the shared store the index does not know (another writer's). */
+  images: ImageRecord[];
+  local: Map<string, LayerUser[]>;
+  remote: Map<string, HostLease[]>;
+  children: Map<string, string[]>;
+}
+
+const hostUsers = (leases: HostLease[] | undefined): LayerUser[] => (leases ?? []).map((l) => ({ kind: 'host', ref: `${l.hostname} (${l.host})`, detail: describeLease(l) }));
+
+export class Lifetime {
+  readonly leases: Leases;
+  /** Shared-store I/O of this object's passes, leases included (scripts/bench-lifetime.ts reports it). */
+  get io(): LeaseIo {
+    return this.leases.io;
+  }
+
+  constructor(
+    private readonly store: Store,
+    private readonly index: Index,
+  ) {
+    this.leases = new Leases(store, index);
+  }
+
+  // ---- users ------------------------------------------------------------------------------------------------
+  /** What keeps a layer. `remote`: also other hosts' leases (renews this host's lease to read the store's clock). */
+  async usersOf(id: string, opts: { remote?: boolean } = {}): Promise<LayerUser[]> {
+    const w = await this.world({ remote: opts.remote ?? false, shared: false });
+    return this.usersIn(w, id);
+  }
+
+  private usersIn(w: World, id: string, ignoreChildren: Set<string> = new Set()): LayerUser[] {
+    const out: LayerUser[] = [];
+    for (const i of w.images) if (i.layers.includes(id)) out.push({ kind: 'image', ref: i.names[0] ?? i.id });
+    for (const c of w.children.get(id) ?? []) if (!ignoreChildren.has(c)) out.push({ kind: 'layer', ref: c });
+    out.push(...(w.local.get(id) ?? []), ...hostUsers(w.remote.get(id)));
+    return out;
+  }
+
+  private async world(opts: { remote: boolean; shared: boolean }): Promise<World> {
+    const layers = new Map((await this.index.listLayers()).map((l) => [l.id, l] as const));
+    const images = await this.index.listImages();
+    if (opts.shared) {
+      // another writer may have published images and layers this host's index does not know: one readdir each,
+      // and a read of each unknown record (normally none)
+      const known = new Set(images.map((i) => i.id));
+      this.io.readdirs += 2;
+      for (const id of (await this.store.listSharedIds('overlay-images')).ids) {
+        if (known.has(id)) continue;
+        this.io.reads++;
+        const rec = await this.store.readSharedImage(id);
+        if (rec) images.push(rec);
+      }
+      for (const id of (await this.store.listSharedIds('overlay-layers')).ids) {
+        if (layers.has(id)) continue;
+        this.io.reads++;
+        const rec = await this.store.readSharedLayer(id);
+        if (rec && !rec.rw) layers.set(id, rec);
+      }
+    }
+    const children = new Map<string, string[]>();
+    for (const l of layers.values()) {
+      if (!l.parent || l.rw) continue; // RW layers are local users ("RW layer ..."), not children
+      const list = children.get(l.parent);
+      if (list) list.push(l.id);
+      else children.set(l.parent, [l.id]);
+    }
+    const local = await localUsers(this.index);
+    let remote = new Map<string, HostLease[]>();
+    if (opts.remote) remote = await this.leases.othersByLayer((await this.leases.renew({ force: true }))!);
+    return { layers, images, local, remote, children };
+  }
+
+  // ---- mounts ------------------------------------------------------------------------------------------------
+  /**
+   * Before mounting RO layers (a chain, top first): lease them, then check each still has its record on the
+   * shared store. A writer retiring one of them either sees our lease and restores it, or we see it retired here.
+   */
+  async claim(chain: string[]): Promise<void> {
+    if (!chain.length) return;
+    await this.leases.renew({ force: true, extra: chain });
+    for (const id of chain) {
+      if (!(await this.store.layerPublished(id))) {
+        await this.leases.renew();
+        throw new LayerfsError('ELAYERNOTFOUND', `layer ${id}`, 'is being removed from the shared store (its image was removed)');
+      }
+    }
+  }
+
+  /** After local users changed (a mount, an unmount, an RW layer made or removed): renew if the set moved. */
+  async usersChanged(): Promise<void> {
+    try {
+      await this.leases.renew();
+    } catch (err) {
+      // a host that cannot write its lease (store unreachable) keeps working; the daemon retries
+      logger().warn({ err }, 'cannot renew this host\'s lease on the shared store');
+    }
+  }
+
+  // ---- removal ------------------------------------------------------------------------------------------------
+  /**
+   * Delete what nothing uses among `candidates` (default: the layers marked for removal; `all`: every RO layer on
+   * the store, as `prune` does). Children go before parents; a candidate whose child stays, stays. Layers kept for
+   * an image or an unmarked child lose their mark (the image's removal marks them again); layers kept for users
+   * that come and go (mounts, leases) keep it, for the next pass.
+   */
+  async collect(opts: { candidates?: string[]; all?: boolean; dryRun?: boolean } = {}): Promise<RemovalReport> {
+    const dryRun = opts.dryRun ?? false;
+    if (!dryRun) await this.finishRetired();
+    const w = await this.world({ remote: true, shared: true });
+    this.io.readdirs++;
+    const marked = new Set(await this.store.markedLayers());
+    const cands = new Set<string>(opts.all ? [...w.layers.values()].filter((l) => !l.rw).map((l) => l.id) : (opts.candidates ?? [...marked]));
+    for (const id of [...cands]) {
+      const l = w.layers.get(id);
+      if (!l || l.rw) {
+        cands.delete(id);
+        if (!l && !dryRun && marked.has(id) && !(await this.store.layerPublished(id))) await this.store.unmark(id); // already gone
+      }
+    }
+    // removable: candidates used by nothing but other removable candidates (their children), to a fixpoint
+    const removable = new Set<string>();
+    for (const id of cands) if (this.usersIn(w, id, cands).length === 0) removable.add(id);
+    for (let changed = true; changed; ) {
+      changed = false;
+      for (const id of removable) {
+        if ((w.children.get(id) ?? []).some((c) => !removable.has(c))) {
+          removable.delete(id);
+          changed = true;
+        }
+      }
+    }
+    let kept: KeptLayer[] = [];
+    // a kept layer's users as people need them: what keeps it from outside the candidates (its kept children
+    // only where nothing else does)
+    for (const id of cands) {
+      if (removable.has(id)) continue;
+      const outside = this.usersIn(w, id, cands);
+      kept.push({ id, users: outside.length ? outside : this.usersIn(w, id, removable) });
+    }
+    // prune looks at every layer: those an image holds are not news
+    if (opts.all) kept = kept.filter((k) => !k.users.some((u) => u.kind === 'image'));
+    // deepest first, so no layer is ever left without its parent
+    const depth = (id: string) => chainIds(w.layers, id).length;
+    const order = [...removable].sort((a, b) => depth(b) - depth(a));
+    const removed: string[] = [];
+    if (dryRun) removed.push(...order);
+    else {
+      const retired: string[] = [];
+      for (const id of order) if (await this.store.retireLayer(id)) retired.push(id);
+      this.io.writes += order.length;
+      crashPoint('removal:retired');
+      // leases again, after the records left their names: a host that leased a layer meanwhile keeps it
+      const late = await this.leases.othersByLayer((await this.leases.renew({ force: true }))!);
+      const restore = new Set(retired.filter((id) => late.has(id)));
+      for (const id of restore) {
+        await this.store.restoreRetired(id);
+        kept.push({ id, users: hostUsers(late.get(id)) });
+        logger().info({ layer: id }, 'removal: a host leased the layer meanwhile: restored');
+      }
+      for (const id of order) {
+        if (restore.has(id)) continue;
+        await this.store.destroyLayer(id);
+        crashPoint('removal:destroyed-one');
+        await this.index.delLayer(id);
+        await this.store.unmark(id);
+        this.io.writes += 2; // the layer's data (its names: data dir, short link, record, the tree), its mark
+        removed.push(id);
+      }
+      for (const k of kept) {
+        const transient = k.users.length > 0 && k.users.every((u) => u.kind !== 'image' && !(u.kind === 'layer' && !marked.has(u.ref)));
+        if (!transient && marked.has(k.id)) await this.store.unmark(k.id);
+        else if (transient && !marked.has(k.id)) await this.store.markForRemoval([k.id]);
+      }
+    }
+    if (removed.length || kept.length) logger().info({ removed, kept: describeKept(kept), dryRun }, 'removal pass');
+    return { removed, kept, dryRun };
+  }
+
+  /**
+   * A removal pass over the marked layers, when there are some and the writer lock is free: it never waits (the
+   * lock's holder, or the next pass, will do it). For the writer's daemon and after an unmount on the writer.
+   */
+  async collectMarked(): Promise<RemovalReport | null> {
+    if (this.store.role !== 'writer') return null;
+    this.io.readdirs++;
+    if (!(await this.store.markedLayers()).length) return null;
+    try {
+      return await this.store.withWriteLock('removal pass', () => this.collect(), 0);
+    } catch (err) {
+      if (err instanceof LayerfsError && err.code === 'ELOCKED') return null;
+      throw err;
+    }
+  }
+
+  /** Removals a crash interrupted: a retired record whose layer was published again is dropped; others restored. */
+  private async finishRetired(): Promise<void> {
+    for (const id of await this.store.retiredLayers()) {
+      if (await this.store.layerPublished(id)) await this.store.destroyRetiredRecord(id);
+      else if (await this.store.hasLayerData(id)) {
+        await this.store.restoreRetired(id);
+        await this.store.markForRemoval([id]);
+      } else await this.store.destroyLayer(id);
+    }
+  }
+
+  /** Remove one RO layer now, refusing (naming them) if anything uses it. */
+  async removeLayer(rec: LayerRecord): Promise<RemovalReport> {
+    const w = await this.world({ remote: true, shared: true });
+    const users = this.usersIn(w, rec.id);
+    if (users.length) throw new LayerfsError('EINUSE', `layer ${rec.id}`, `still used by ${describeUsers(users)}`);
+    const r = await this.collect({ candidates: [rec.id] });
+    if (!r.removed.includes(rec.id)) throw new LayerfsError('EINUSE', `layer ${rec.id}`, `still used by ${describeUsers(r.kept.find((k) => k.id === rec.id)?.users ?? [])}`);
+    return r;
+  }
+}

@@ -33,6 +33,7 @@ export const scanCommand: CommandModule<GlobalArgs, A<{ full: boolean }>> = {
       ...r.removed.images.map((i) => `removed image ${short(i)}`),
       ...r.removed.layers.map((l) => `removed layer ${short(l)}`),
       ...r.missing.map((l) => `missing layer ${short(l)} (gone from the store, still used here)`),
+      ...r.repairedNames.map((n) => `repaired name ${n.name}: ${n.now ? `image ${short(n.now)}` : 'dropped'} (was ${n.was ? `image ${short(n.was)}` : 'missing'})`),
     ];
     if (r.waiting.layers.length || r.waiting.images.length) lines.push(`waiting: ${r.waiting.layers.length} layers, ${r.waiting.images.length} images not ready yet`);
     process.stdout.write((lines.length ? lines : ['no change']).join('\n') + '\n');

@@ -58,11 +58,13 @@ export interface ScanResult {
   waiting: { layers: string[]; images: string[] };
   /** Bad entries warned about this scan (each only once). */
   warnings: { entry: string; why: string }[];
+  /** `--full` only: names whose index entry disagreed with the image records, and where they point now. */
+  repairedNames: { name: string; was: string | null; now: string | null }[];
   io: IoCounters & { ms: number };
 }
 
 export interface ScanOptions {
-  /** List every kind dir whatever the mtimes say. */
+  /** List every kind dir whatever the mtimes say, re-read every known image record and repair the name index. */
   full?: boolean;
 }
 
@@ -121,6 +123,7 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
     missing: [],
     waiting: { layers: [], images: [] },
     warnings: [],
+    repairedNames: [],
     io: { ...io, ms: 0 },
   };
 
@@ -272,7 +275,7 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
       for (const id of knownImages.keys()) {
         const m = await mtimeOf(store.sharedPath('overlay-images', id), io);
         if (bootstrap && !opts.full) state.imageMtimes[id] = m; // just read by the rebuild that made this index
-        else if (state.imageMtimes[id] !== m) imageCandidates.push(id);
+        else if (opts.full || state.imageMtimes[id] !== m) imageCandidates.push(id);
       }
     }
   } else {
@@ -307,6 +310,10 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
   for (const id of Object.keys(state.imageMtimes)) if (!knownImages.has(id)) delete state.imageMtimes[id];
   // an image dropped then re-added in the same scan (layers came back) is neither
   res.removed.images = res.removed.images.filter((id) => !knownImages.has(id));
+  if (opts.full) {
+    res.repairedNames = await index.repairNames();
+    if (res.repairedNames.length) log.warn({ names: res.repairedNames }, 'repaired names that disagreed with the image records');
+  }
 
   // 6. remember
   state.dirs = newDirs;
@@ -324,5 +331,5 @@ export async function resetScannerState(index: Index): Promise<void> {
 }
 
 export function scanChanged(r: ScanResult): boolean {
-  return r.added.layers.length + r.added.images.length + r.removed.layers.length + r.removed.images.length + r.updated.images.length + r.missing.length > 0;
+  return r.added.layers.length + r.added.images.length + r.removed.layers.length + r.removed.images.length + r.updated.images.length + r.missing.length + r.repairedNames.length > 0;
 }

@@ -42,7 +42,7 @@ function ctrFails(args: string[]): Promise<string> {
   );
 }
 
-const layerfs = (args: string[]) => cliOk(['--root', root, '--shared', shared, ...args]);
+const layerfs = (args: string[]) => cliOk(['--root', root, '--shared', shared, '--role', 'writer', ...args]);
 
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
   const end = Date.now() + ms;
@@ -72,7 +72,7 @@ async function gcUntil(what: string, fn: () => Promise<boolean>): Promise<void> 
 }
 
 async function startSnapshotter(driver: 'overlay' | 'fuse'): Promise<void> {
-  const p = cliSpawn(['--root', root, '--shared', shared, 'snapshotter', '--address', sock, '--driver', driver], { LAYERFS_LOG_LEVEL: process.env.LAYERFS_TEST_KEEP ? 'debug' : 'info' });
+  const p = cliSpawn(['--root', root, '--shared', shared, '--role', 'writer', 'snapshotter', '--address', sock, '--driver', driver], { LAYERFS_LOG_LEVEL: process.env.LAYERFS_TEST_KEEP ? 'debug' : 'info' });
   snapshotter = p;
   const log = await open(path.join(scratch, 'snapshotter.log'), 'a');
   let ready = false;

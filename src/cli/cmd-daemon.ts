@@ -2,12 +2,12 @@ import type { Argv, CommandModule } from 'yargs';
 import { runDaemon } from '../scanner/daemon.js';
 import { scanStore } from '../scanner/daemon.js';
 import { Store } from '../store/index.js';
-import type { GlobalArgs } from './context.js';
+import { type GlobalArgs, storeOptions } from './context.js';
 import { printJson, short } from './output.js';
 
 type A<T = object> = GlobalArgs & T;
 
-const openStore = (args: GlobalArgs) => Store.open({ root: args.root, ...(args.shared ? { shared: args.shared } : {}), role: args.role });
+const openStore = (args: GlobalArgs) => Store.open(storeOptions(args));
 
 export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number }>> = {
   command: 'daemon',

@@ -15,7 +15,7 @@
  * warned about (one warning per bad entry, not one per scan).
  */
 import { readdir, stat } from 'node:fs/promises';
-import { isErrno } from '../common/errors.js';
+import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import type { Index, IndexedLayer } from '../index/index.js';
 import { type ImageRecord, type LayerRecord, type Store, isLayerId } from '../store/index.js';
@@ -25,6 +25,27 @@ const KINDS = ['overlay', 'overlay-layers', 'overlay-images'] as const;
 type Kind = (typeof KINDS)[number];
 
 export const SCANNER_STATE_KEY = 'scanner';
+/** Index meta: `{ storeId }` of the store this index was built from (set by a rebuild or the first scan). */
+export const STORE_META_KEY = 'store';
+
+/**
+ * Before a scan or rebuild changes anything: the shared store must be there (its marker: an empty
+ * dir, e.g. an NFS mount point with nothing mounted, would look like every image was removed) and,
+ * for a scan, be the store this index follows. Returns the marker's storeId.
+ */
+export async function checkStoreIdentity(store: Store, index: Index, what: string): Promise<string> {
+  const marker = await store.requireMarker(what);
+  const known = await index.getMeta<{ storeId: string }>(STORE_META_KEY);
+  if (known && known.storeId !== marker.storeId) {
+    throw new LayerfsError(
+      'ENOSTORE',
+      what,
+      `the shared store at ${store.shared} is another store (storeId ${marker.storeId}) than this index follows (${known.storeId}): is the right one mounted? (\`layerfs index rebuild\` follows the new one)`,
+    );
+  }
+  if (!known) await index.putMeta(STORE_META_KEY, { storeId: marker.storeId });
+  return marker.storeId;
+}
 
 interface DirState {
   mtime: number;
@@ -112,6 +133,8 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
   const t0 = performance.now();
   const io = newCounters();
   const log = logger();
+  io.filesRead++; // the store marker
+  await checkStoreIdentity(store, index, 'scan');
   const prev = (await index.getMeta<ScannerState>(SCANNER_STATE_KEY)) ?? null;
   const bootstrap = prev === null || prev.v !== 1;
   const state: ScannerState = bootstrap ? emptyState() : structuredClone(prev);

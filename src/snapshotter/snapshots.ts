@@ -207,7 +207,7 @@ export class Snapshotter {
     const p = this.queue.then(async () => {
       clearTimeout(this.idle);
       try {
-        this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), role: this.opts.role ?? 'writer' });
+        this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), ...(this.opts.role ? { role: this.opts.role } : {}) });
         return await fn(this.svc);
       } finally {
         if (--this.pending === 0) this.idle = setTimeout(() => void this.release(), this.idleMs);

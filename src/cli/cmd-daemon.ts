@@ -7,7 +7,7 @@ import { printJson, short } from './output.js';
 
 type A<T = object> = GlobalArgs & T;
 
-const openStore = (args: GlobalArgs) => Store.open(storeOptions(args));
+const openStore = (args: GlobalArgs) => Store.open(storeOptions(args, { logLockWaits: true }));
 
 export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number }>> = {
   command: 'daemon',

@@ -15,7 +15,7 @@ export const snapshotterCommand: CommandModule<GlobalArgs, A<{ address: string; 
       A<{ address: string; driver: 'overlay' | 'fuse' }>
     >,
   handler: async (args) => {
-    const srv = await startSnapshotterServer(args.address, { ...storeOptions(args), driver: args.driver });
+    const srv = await startSnapshotterServer(args.address, { ...storeOptions(args, { logLockWaits: true }), driver: args.driver });
     logger().info({ address: srv.address, driver: args.driver, root: args.root }, 'snapshotter listening');
     process.stderr.write(`layerfs snapshotter: listening on ${srv.address} (driver ${args.driver}, root ${args.root})\n`);
     await new Promise<void>((resolve) => {

@@ -7,14 +7,10 @@ import { publishImageOf, sha256Digest } from '../image/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
-import { Store, type ImageRecord, type LayerRecord, type Role } from '../store/index.js';
+import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
 import { checkStoreBeforeFirstBuild, rebuildIndex, type StoreSnapshot } from './rebuild.js';
 
-export interface ServiceOptions {
-  root: string;
-  shared?: string;
-  role?: Role;
-}
+export type ServiceOptions = StoreOptions;
 
 /** Who uses a layer: images listing it, and layers (RO children or RW layers) on top of it. */
 export interface LayerUsers {

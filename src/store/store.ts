@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
-import { FileLock } from './lock.js';
+import { FileLock, type LockWait, describeLockWait } from './lock.js';
 import { type ImageRecord, type LayerRecord, isLayerId, parseImageRecord, parseLayerRecord } from './records.js';
 
 export type Role = 'writer' | 'reader';
@@ -16,6 +16,10 @@ export interface StoreOptions {
   shared?: string;
   /** Given: honoured. Not given: see `Store.open` (writer of a local store or where the marker names this host). */
   role?: Role;
+  /** How long a write waits for the shared store's writer lock (default 600 s). */
+  lockTimeoutMs?: number;
+  /** Told who holds the writer lock while a write waits for it (at once, then every 10 s). Default: a pino warning. */
+  onLockWait?: (w: LockWait) => void;
 }
 
 /** `<shared>/.layerfs-store`: what store this is and which host is its writer. */
@@ -152,6 +156,8 @@ export class Store {
   readonly roleReason: string;
   /** This local root's id (`<root>/host.json`, random, made once): names this host in the store marker and per-host files. */
   readonly hostId: string;
+  private lockTimeoutMs = 600_000;
+  private onLockWait: (w: LockWait) => void = (w) => logger().warn({ holder: w.holder, waitedMs: w.waitedMs }, describeLockWait(w));
 
   private constructor(root: string, shared: string, hostId: string, role: Role, roleReason: string) {
     this.root = root;
@@ -184,6 +190,8 @@ export class Store {
     else if (marker) [role, reason] = ['reader', `the store's recorded writer is another host (${marker.writer.hostname}, ${marker.writer.hostId})`];
     else [role, reason] = ['reader', `no ${MARKER} marker in the shared dir`];
     const s = new Store(root, shared, hostId, role, reason);
+    if (opts.lockTimeoutMs !== undefined) s.lockTimeoutMs = opts.lockTimeoutMs;
+    if (opts.onLockWait) s.onLockWait = opts.onLockWait;
     for (const kind of KINDS) {
       if (s.role === 'writer') await mkdir(path.join(s.shared, kind), { recursive: true });
       await mkdir(path.join(s.root, kind), { recursive: true });
@@ -284,11 +292,13 @@ export class Store {
   // ---- writer lock -----------------------------------------------------------------------------
   /**
    * Run `fn` holding the shared store's writer lock. With the lock held nobody else is writing, so
-   * stale temp dirs (a crashed import's leftovers) are removed first.
+   * stale temp dirs (a crashed import's leftovers) are removed first. While another process holds
+   * it, `onLockWait` is told who (at once, then every 10 s); after `lockTimeoutMs` the write fails
+   * naming the holder.
    */
-  async withWriteLock<T>(purpose: string, fn: () => Promise<T>, waitMs = 600_000): Promise<T> {
+  async withWriteLock<T>(purpose: string, fn: () => Promise<T>, waitMs = this.lockTimeoutMs): Promise<T> {
     if (this.role !== 'writer') throw new LayerfsError('EROLE', purpose, 'this host is a reader: only the writer host changes the shared store');
-    const lock = await FileLock.acquire(this.writerLockFile, purpose, { waitMs });
+    const lock = await FileLock.acquire(this.writerLockFile, purpose, { waitMs, lockName: "the shared store's writer lock", what: purpose, onWait: this.onLockWait });
     try {
       await this.removeStaleTemps(this.shared);
       return await fn();

@@ -82,7 +82,7 @@ for run in $(seq "$RUNS"); do
   for mode in parallel ordered; do
     rm -rf "$work/lf"; sync
     t0=$(now)
-    $CLI --root "$work/lf/root" --shared "$work/lf/nfs" image pull --insecure -q --mode "$mode" "$ref" >/dev/null
+    $CLI --root "$work/lf/root" --shared "$work/lf/nfs" --role writer image pull --insecure -q --mode "$mode" "$ref" >/dev/null
     t1=$(now)
     t=$(secs "$t0" "$t1")
     echo "run $run: layerfs image pull --mode $mode: ${t}s"

@@ -16,6 +16,8 @@ L="node dist/src/cli/main.js"
 
 echo "generating $LAYERS layers, $IMAGES images in $T/nfs ..."
 node dist/scripts/gen-store.js "$T/nfs" "$LAYERS" "$IMAGES" 10 bench
+# a writer host's first command writes the store marker a reader's scan needs
+LAYERFS_ROOT=$T/writer LAYERFS_ROLE=writer $L status >/dev/null
 
 scan() { # label
   local t0 t1 out

@@ -42,9 +42,9 @@ function ctrFails(args: string[]): Promise<string> {
   );
 }
 
-const layerfs = (args: string[]) => cliOk(['--root', root, '--shared', shared, ...args]);
+const layerfs = (args: string[]) => cliOk(['--root', root, '--shared', shared, '--role', 'writer', ...args]);
 async function layerfsFails(args: string[]): Promise<string> {
-  const r = await cli(['--root', root, '--shared', shared, ...args]);
+  const r = await cli(['--root', root, '--shared', shared, '--role', 'writer', ...args]);
   assert.notEqual(r.code, 0, `layerfs ${args.join(' ')} succeeded: ${r.stdout}`);
   return r.stderr;
 }
@@ -77,7 +77,7 @@ async function gcUntil(what: string, fn: () => Promise<boolean>): Promise<void> 
 }
 
 async function startSnapshotter(driver: 'overlay' | 'fuse'): Promise<void> {
-  const p = cliSpawn(['--root', root, '--shared', shared, 'snapshotter', '--address', sock, '--driver', driver], { LAYERFS_LOG_LEVEL: process.env.LAYERFS_TEST_KEEP ? 'debug' : 'info' });
+  const p = cliSpawn(['--root', root, '--shared', shared, '--role', 'writer', 'snapshotter', '--address', sock, '--driver', driver], { LAYERFS_LOG_LEVEL: process.env.LAYERFS_TEST_KEEP ? 'debug' : 'info' });
   snapshotter = p;
   const log = await open(path.join(scratch, 'snapshotter.log'), 'a');
   let ready = false;

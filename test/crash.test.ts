@@ -12,7 +12,7 @@ const isId = (n: string) => /^[0-9a-f]{64}$/.test(n);
 test('kill -9 of an import half way leaves nothing partial visible; the index agrees with the disk', async () => {
   const scratch = await mkdtemp(path.join(os.tmpdir(), 'layerfs-crash-'));
   try {
-    const env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs') };
+    const env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer' };
     // five uncompressed layers of 40 MB each: long enough to be killed in the middle
     const layers = Array.from({ length: 5 }, (_, i) => [
       { name: `d${i}/` },

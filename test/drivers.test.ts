@@ -68,7 +68,7 @@ for (const { driver, transport } of DRIVER_CASES) {
 
     before(async () => {
       scratch = await mkdtemp(path.join(os.tmpdir(), `layerfs-drv-${driver}-`));
-      env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), ...(transport ? transportEnv(transport) : {}) };
+      env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer', ...(transport ? transportEnv(transport) : {}) };
       const img = await makeImage(LAYERS);
       await writeOciLayout(path.join(scratch, 'oci'), [{ image: img, name: 'drv/test' }]);
       await cliOk(['image', 'import', path.join(scratch, 'oci')], env);
@@ -219,7 +219,7 @@ describe('kernel overlay: many layers and reference counts', () => {
   });
 
   test('a 200-layer image mounts and reads the file of its bottom layer', async () => {
-    const env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs') };
+    const env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer' };
     const layers: TarEntry[][] = Array.from({ length: 200 }, (_, i) => [{ name: `f${i}`, content: `layer ${i}` }]);
     const img = await makeImage(layers, { gzip: false });
     await writeOciLayout(path.join(scratch, 'oci'), [{ image: img, name: 'many' }]);
@@ -235,7 +235,7 @@ describe('kernel overlay: many layers and reference counts', () => {
 
   test('mounting a mounted layer again returns the same path; unmount drops a reference', async () => {
     const { Service } = await import('../src/service/index.js');
-    const env = { root: path.join(scratch, 'root'), shared: path.join(scratch, 'nfs') };
+    const env = { root: path.join(scratch, 'root'), shared: path.join(scratch, 'nfs'), role: 'writer' as const };
     const svc = await Service.open(env);
     const mnt = path.join(scratch, 'ref');
     mounts.push(mnt);
@@ -256,7 +256,7 @@ describe('kernel overlay: many layers and reference counts', () => {
 
   test('cleanup unmounts what the driver mounted and clears stale work dirs', async () => {
     const { Service } = await import('../src/service/index.js');
-    const svc = await Service.open({ root: path.join(scratch, 'root'), shared: path.join(scratch, 'nfs') });
+    const svc = await Service.open({ root: path.join(scratch, 'root'), shared: path.join(scratch, 'nfs'), role: 'writer' as const });
     const a = path.join(scratch, 'clean-a');
     const b = path.join(scratch, 'clean-b');
     mounts.push(a, b);
@@ -281,7 +281,7 @@ describe('kernel overlay: many layers and reference counts', () => {
 
 test('--driver auto falls back to FUSE where kernel overlay is missing', async () => {
   const scratch = await mkdtemp(path.join(os.tmpdir(), 'layerfs-auto-'));
-  const env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs') };
+  const env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer' };
   const mnt = path.join(scratch, 'mnt');
   try {
     const img = await makeImage([LAYERS[0]!]);

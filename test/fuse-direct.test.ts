@@ -244,7 +244,7 @@ describe('direct transport: a killed server', () => {
   before(async () => {
     scratch = await tmpDir('fkill');
     dirs.push(scratch);
-    env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_FUSE_TRANSPORT: 'direct' };
+    env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer', LAYERFS_FUSE_TRANSPORT: 'direct' };
     const img = await makeImage([[{ name: 'etc/' }, { name: 'etc/hello', content: 'hi\n' }]]);
     await writeOciLayout(path.join(scratch, 'oci'), [{ image: img, name: 'kill/test' }]);
     await cliOk(['image', 'import', path.join(scratch, 'oci')], env);

@@ -47,7 +47,7 @@ const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 describe('image import', () => {
   let scratch: string;
   let img: TestImage;
-  const env = () => ({ LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs') });
+  const env = () => ({ LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer' });
 
   before(async () => {
     scratch = await mkdtemp(path.join(os.tmpdir(), 'layerfs-image-'));
@@ -116,7 +116,7 @@ describe('image import', () => {
     const a = JSON.parse(await cliOk(['image', 'import', ociTar, '--json'], env()));
     assert.deepEqual(a.extracted, [false, false, false], 'nothing extracted again');
     // the same archive into an empty store is extracted from the tar itself, file by file the same
-    const fresh = { LAYERFS_ROOT: path.join(scratch, 'root-ocitar'), LAYERFS_SHARED: path.join(scratch, 'nfs-ocitar') };
+    const fresh = { LAYERFS_ROOT: path.join(scratch, 'root-ocitar'), LAYERFS_SHARED: path.join(scratch, 'nfs-ocitar'), LAYERFS_ROLE: 'writer' };
     const f = JSON.parse(await cliOk(['image', 'import', ociTar, '--json'], fresh));
     assert.deepEqual(f.extracted, [true, true, true]);
     await checkLayers(fresh.LAYERFS_ROOT, img, f.layers);
@@ -131,7 +131,7 @@ describe('image import', () => {
     assert.deepEqual(b.layers, a.layers);
     assert.deepEqual(b.extracted, [false, false, false]);
     await checkLayers(env().LAYERFS_ROOT, plain, b.layers);
-    const freshDocker = { LAYERFS_ROOT: path.join(scratch, 'root-docker'), LAYERFS_SHARED: path.join(scratch, 'nfs-docker') };
+    const freshDocker = { LAYERFS_ROOT: path.join(scratch, 'root-docker'), LAYERFS_SHARED: path.join(scratch, 'nfs-docker'), LAYERFS_ROLE: 'writer' };
     const fd = JSON.parse(await cliOk(['image', 'import', dockerTar, '--json'], freshDocker));
     assert.deepEqual(fd.extracted, [true, true, true]);
     assert.deepEqual(fd.names, ['docker/img:latest']);

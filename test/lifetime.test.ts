@@ -184,7 +184,7 @@ test('a dead reader\'s lease expires (short TTL): then its layers go; host ls sh
   const m = path.join(dir, 'm');
   mounts.push(m);
   await cliOk(['mount', 'dead:1', m, '--ro', '--driver', 'overlay'], r);
-  const readerId = (await readFile(path.join(r.LAYERFS_ROOT, 'host-id'), 'utf8')).trim();
+  const readerId = (JSON.parse(await readFile(path.join(r.LAYERFS_ROOT, 'host.json'), 'utf8')) as { hostId: string }).hostId;
 
   const rm1 = await cliOk(['image', 'rm', 'dead:1'], w);
   assert.match(rm1, new RegExp(`kept 2 layers: used by host .*\\(${readerId}\\) \\(1 mount\\)`));

@@ -195,7 +195,7 @@ describe('image pull from a registry', () => {
   let storeN = 0;
   const newStore = () => {
     const d = path.join(scratch, `store${storeN++}`);
-    return { LAYERFS_ROOT: path.join(d, 'root'), LAYERFS_SHARED: path.join(d, 'nfs') };
+    return { LAYERFS_ROOT: path.join(d, 'root'), LAYERFS_SHARED: path.join(d, 'nfs'), LAYERFS_ROLE: 'writer' };
   };
   const push = async (img: TestImage | null, layout: string, repo: string, opts: { all?: boolean; creds?: string; port?: number; tag?: string } = {}) => {
     const tag = opts.tag ?? 'v1';

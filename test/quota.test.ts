@@ -29,7 +29,7 @@ before(async () => {
   await run('btrfs', ['quota', 'enable', fsDir]);
   // the shared store is elsewhere (NFS in production): copy-ups then really copy data into the
   // RW layer, instead of btrfs sharing the extents of a lower file on the same filesystem
-  env = { LAYERFS_ROOT: path.join(fsDir, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs') };
+  env = { LAYERFS_ROOT: path.join(fsDir, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer' };
   const image = await makeImage([[{ name: 'big', content: Buffer.alloc(4 << 20, 1) }, { name: 'small', content: 'small' }]]);
   await writeOciLayout(path.join(scratch, 'oci'), [{ image, name: 'q' }]);
   await cliOk(['image', 'import', path.join(scratch, 'oci')], env);
@@ -121,7 +121,7 @@ for (const transport of ['direct', 'fuse-native']) {
 }
 
 test('quota on a filesystem without quota support, and on a read-only mount, fail clearly', async () => {
-  const plain = { LAYERFS_ROOT: path.join(scratch, 'ext4root'), LAYERFS_SHARED: path.join(scratch, 'ext4nfs') };
+  const plain = { LAYERFS_ROOT: path.join(scratch, 'ext4root'), LAYERFS_SHARED: path.join(scratch, 'ext4nfs'), LAYERFS_ROLE: 'writer' };
   await cliOk(['image', 'import', path.join(scratch, 'oci')], plain);
   const r = await cli(['mount', 'q', path.join(scratch, 'm3'), '--driver', 'overlay', '--quota', '10m'], plain);
   assert.equal(r.code, 1);

@@ -16,7 +16,7 @@ const containers: string[] = [];
 
 before(async () => {
   scratch = await mkdtemp(path.join(os.tmpdir(), 'layerfs-runc-'));
-  env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs') };
+  env = { LAYERFS_ROOT: path.join(scratch, 'root'), LAYERFS_SHARED: path.join(scratch, 'nfs'), LAYERFS_ROLE: 'writer' };
   const busybox = await readFile('/bin/busybox'); // Debian busybox-static: a static shell for the rootfs
   const image = await makeImage([
     [

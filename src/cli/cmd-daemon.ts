@@ -2,12 +2,12 @@ import type { Argv, CommandModule } from 'yargs';
 import { runDaemon } from '../scanner/daemon.js';
 import { scanStore } from '../scanner/daemon.js';
 import { Store } from '../store/index.js';
-import type { GlobalArgs } from './context.js';
+import { type GlobalArgs, storeOptions } from './context.js';
 import { printJson, short } from './output.js';
 
 type A<T = object> = GlobalArgs & T;
 
-const openStore = (args: GlobalArgs) => Store.open({ root: args.root, ...(args.shared ? { shared: args.shared } : {}), role: args.role });
+const openStore = (args: GlobalArgs) => Store.open(storeOptions(args, { logLockWaits: true }));
 
 export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number }>> = {
   command: 'daemon',
@@ -33,6 +33,7 @@ export const scanCommand: CommandModule<GlobalArgs, A<{ full: boolean }>> = {
       ...r.removed.images.map((i) => `removed image ${short(i)}`),
       ...r.removed.layers.map((l) => `removed layer ${short(l)}`),
       ...r.missing.map((l) => `missing layer ${short(l)} (gone from the store, still used here)`),
+      ...r.repairedNames.map((n) => `repaired name ${n.name}: ${n.now ? `image ${short(n.now)}` : 'dropped'} (was ${n.was ? `image ${short(n.was)}` : 'missing'})`),
     ];
     if (r.waiting.layers.length || r.waiting.images.length) lines.push(`waiting: ${r.waiting.layers.length} layers, ${r.waiting.images.length} images not ready yet`);
     process.stdout.write((lines.length ? lines : ['no change']).join('\n') + '\n');

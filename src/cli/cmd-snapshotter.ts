@@ -1,7 +1,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { logger } from '../common/log.js';
 import { startSnapshotterServer } from '../snapshotter/index.js';
-import type { GlobalArgs } from './context.js';
+import { type GlobalArgs, storeOptions } from './context.js';
 
 type A<T = object> = GlobalArgs & T;
 
@@ -15,7 +15,7 @@ export const snapshotterCommand: CommandModule<GlobalArgs, A<{ address: string; 
       A<{ address: string; driver: 'overlay' | 'fuse' }>
     >,
   handler: async (args) => {
-    const srv = await startSnapshotterServer(args.address, { root: args.root, ...(args.shared ? { shared: args.shared } : {}), role: args.role, driver: args.driver });
+    const srv = await startSnapshotterServer(args.address, { ...storeOptions(args, { logLockWaits: true }), driver: args.driver });
     logger().info({ address: srv.address, driver: args.driver, root: args.root }, 'snapshotter listening');
     process.stderr.write(`layerfs snapshotter: listening on ${srv.address} (driver ${args.driver}, root ${args.root})\n`);
     await new Promise<void>((resolve) => {

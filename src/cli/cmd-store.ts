@@ -2,7 +2,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
 import { applyLayer } from '../archive/index.js';
-import { type GlobalArgs, withService } from './context.js';
+import { Store } from '../store/index.js';
+import { type GlobalArgs, storeOptions, withService } from './context.js';
 import { LayerfsError } from '../common/errors.js';
 import { describeKept, describeLease } from '../usage/index.js';
 import { humanSize, printJson, printTable, short } from './output.js';
@@ -217,6 +218,28 @@ export const hostCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         async (args) => {
           await withService(args, (svc) => svc.forgetHost(args.id));
           process.stdout.write(`forgot host ${args.id}\n`);
+        },
+      )
+      .demandCommand(1),
+  handler: () => undefined,
+};
+
+export const storeCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'store <command>',
+  describe: 'the shared store itself',
+  builder: (y: Argv<GlobalArgs>) =>
+    y
+      .command<A>(
+        'take-writer',
+        "record this host as the shared store's writer (in <shared>/.layerfs-store); prints the previous writer",
+        (c) => c,
+        async (args) => {
+          const store = await Store.open({ ...storeOptions(args), role: 'reader' }); // the marker is all it writes
+          const { marker, previous } = await store.takeWriter();
+          if (args.json) return printJson({ storeId: marker.storeId, writer: marker.writer, previous });
+          const prev = previous ? `${previous.hostname} (${previous.hostId}) since ${previous.since}` : 'none recorded';
+          const same = previous?.hostId === store.hostId ? ' (already this host)' : '';
+          process.stdout.write(`this host (${marker.writer.hostname}, ${marker.writer.hostId}) is now the writer of store ${marker.storeId}; previous writer: ${prev}${same}\n`);
         },
       )
       .demandCommand(1),

@@ -4,7 +4,7 @@ import { hideBin } from 'yargs/helpers';
 import { LayerfsError } from '../common/errors.js';
 import { logger, setLogLevel } from '../common/log.js';
 import { type GlobalArgs, globalOptions } from './context.js';
-import { applyCommand, hostCommand, imageCommand, indexCommand, layerCommand, pruneCommand, statusCommand } from './cmd-store.js';
+import { applyCommand, hostCommand, imageCommand, indexCommand, layerCommand, pruneCommand, statusCommand, storeCommand } from './cmd-store.js';
 import { fuseCommand } from './cmd-fuse.js';
 import { commitCommand, mountCommand, mountInfoCommand, umountCommand } from './cmd-mount.js';
 import { daemonCommand, scanCommand } from './cmd-daemon.js';
@@ -18,7 +18,7 @@ export function formatError(err: unknown): string {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, pruneCommand, hostCommand, mountCommand, umountCommand, commitCommand, mountInfoCommand, fuseCommand, daemonCommand, scanCommand, snapshotterCommand] as CommandModule<GlobalArgs, never>[];
+  const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, storeCommand, pruneCommand, hostCommand, mountCommand, umountCommand, commitCommand, mountInfoCommand, fuseCommand, daemonCommand, scanCommand, snapshotterCommand] as CommandModule<GlobalArgs, never>[];
   let y = globalOptions(yargs(argv).scriptName('layerfs'))
     .middleware((a) => setLogLevel(String(a['log-level'])))
     .strict()

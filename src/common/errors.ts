@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'EEXIST'
   | 'ELOCKED' // another process holds a lock (index, shared store, daemon)
   | 'EROLE' // the operation is not allowed for this host's role
+  | 'ENOSTORE' // the shared store is not there (not mounted?) or is another store than this index follows
   | 'EQUOTA' // quota requested where it cannot be enforced, or bad size
   | 'EMOUNT' // a mount or unmount failed
   | 'EDRIVER' // driver unavailable or misused

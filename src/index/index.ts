@@ -112,7 +112,10 @@ export class Index {
     const names = this.sub('name');
     const old = (await this.getImage(rec.id)) ?? null;
     const ops: { type: 'put' | 'del'; key: string; value?: unknown }[] = [];
-    for (const n of old?.names ?? []) if (!rec.names.includes(n)) ops.push({ type: 'del', key: n });
+    // a name this record dropped goes only if it still points here: when a tag moved to another
+    // image that was indexed first (a scanner can apply the two records in either order), the name
+    // is the other image's now
+    for (const n of old?.names ?? []) if (!rec.names.includes(n) && (await names.get(n)) === rec.id) ops.push({ type: 'del', key: n });
     for (const n of rec.names) ops.push({ type: 'put', key: n, value: rec.id });
     await this.sub('image').put(rec.id, rec);
     if (ops.length) await names.batch(ops as never);
@@ -132,6 +135,37 @@ export class Index {
   }
   async imageIdByName(name: string): Promise<string | undefined> {
     return (await this.sub('name').get(name)) as string | undefined;
+  }
+
+  /**
+   * Bring the `name` sublevel in line with the image records: every name an image lists points to
+   * an image listing it, and no other name is left. When several records list one name (the
+   * writer moves a name with two record writes, a reader can see one of them), the name keeps its
+   * current image if that one lists it, else goes to the newest. Returns the names changed.
+   */
+  async repairNames(): Promise<{ name: string; was: string | null; now: string | null }[]> {
+    const names = this.sub('name');
+    const claims = new Map<string, ImageRecord[]>();
+    for (const img of await this.listImages()) {
+      for (const n of img.names) claims.set(n, [...(claims.get(n) ?? []), img]);
+    }
+    const current = new Map((await names.iterator().all()) as [string, string][]);
+    const fixed: { name: string; was: string | null; now: string | null }[] = [];
+    const ops: { type: 'put' | 'del'; key: string; value?: unknown }[] = [];
+    for (const [n, holders] of claims) {
+      const cur = current.get(n);
+      if (cur !== undefined && holders.some((h) => h.id === cur)) continue;
+      const pick = [...holders].sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id)).at(-1)!;
+      ops.push({ type: 'put', key: n, value: pick.id });
+      fixed.push({ name: n, was: cur ?? null, now: pick.id });
+    }
+    for (const [n, id] of current) {
+      if (claims.has(n)) continue;
+      ops.push({ type: 'del', key: n });
+      fixed.push({ name: n, was: id, now: null });
+    }
+    if (ops.length) await names.batch(ops as never);
+    return fixed;
   }
 
   // ---- mounts (keyed by mount point)

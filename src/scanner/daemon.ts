@@ -10,7 +10,7 @@ import path from 'node:path';
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { Index } from '../index/index.js';
-import { rebuildIndex } from '../service/rebuild.js';
+import { checkStoreBeforeFirstBuild, rebuildIndex } from '../service/rebuild.js';
 import { FileLock, type Store } from '../store/index.js';
 import { Lifetime } from '../usage/index.js';
 import { type ScanResult, scanChanged, scanOnce } from './scanner.js';
@@ -28,6 +28,7 @@ export function daemonLockFile(store: Store): string {
 
 /** Open the index (waiting for another process to let go of it), rebuilding it if it is new. */
 export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T>): Promise<T> {
+  await checkStoreBeforeFirstBuild(store);
   const index = await Index.open(store.indexDir);
   try {
     if (index.created) await rebuildIndex(store, index);

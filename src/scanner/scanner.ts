@@ -15,7 +15,7 @@
  * warned about (one warning per bad entry, not one per scan).
  */
 import { readdir, stat } from 'node:fs/promises';
-import { isErrno } from '../common/errors.js';
+import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import type { Index, IndexedLayer } from '../index/index.js';
 import { type ImageRecord, type LayerRecord, type Store, isLayerId } from '../store/index.js';
@@ -25,6 +25,27 @@ const KINDS = ['overlay', 'overlay-layers', 'overlay-images'] as const;
 type Kind = (typeof KINDS)[number];
 
 export const SCANNER_STATE_KEY = 'scanner';
+/** Index meta: `{ storeId }` of the store this index was built from (set by a rebuild or the first scan). */
+export const STORE_META_KEY = 'store';
+
+/**
+ * Before a scan or rebuild changes anything: the shared store must be there (its marker: an empty
+ * dir, e.g. an NFS mount point with nothing mounted, would look like every image was removed) and,
+ * for a scan, be the store this index follows. Returns the marker's storeId.
+ */
+export async function checkStoreIdentity(store: Store, index: Index, what: string): Promise<string> {
+  const marker = await store.requireMarker(what);
+  const known = await index.getMeta<{ storeId: string }>(STORE_META_KEY);
+  if (known && known.storeId !== marker.storeId) {
+    throw new LayerfsError(
+      'ENOSTORE',
+      what,
+      `the shared store at ${store.shared} is another store (storeId ${marker.storeId}) than this index follows (${known.storeId}): is the right one mounted? (\`layerfs index rebuild\` follows the new one)`,
+    );
+  }
+  if (!known) await index.putMeta(STORE_META_KEY, { storeId: marker.storeId });
+  return marker.storeId;
+}
 
 interface DirState {
   mtime: number;
@@ -58,11 +79,13 @@ export interface ScanResult {
   waiting: { layers: string[]; images: string[] };
   /** Bad entries warned about this scan (each only once). */
   warnings: { entry: string; why: string }[];
+  /** `--full` only: names whose index entry disagreed with the image records, and where they point now. */
+  repairedNames: { name: string; was: string | null; now: string | null }[];
   io: IoCounters & { ms: number };
 }
 
 export interface ScanOptions {
-  /** List every kind dir whatever the mtimes say. */
+  /** List every kind dir whatever the mtimes say, re-read every known image record and repair the name index. */
   full?: boolean;
 }
 
@@ -110,6 +133,8 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
   const t0 = performance.now();
   const io = newCounters();
   const log = logger();
+  io.filesRead++; // the store marker
+  await checkStoreIdentity(store, index, 'scan');
   const prev = (await index.getMeta<ScannerState>(SCANNER_STATE_KEY)) ?? null;
   const bootstrap = prev === null || prev.v !== 1;
   const state: ScannerState = bootstrap ? emptyState() : structuredClone(prev);
@@ -121,6 +146,7 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
     missing: [],
     waiting: { layers: [], images: [] },
     warnings: [],
+    repairedNames: [],
     io: { ...io, ms: 0 },
   };
 
@@ -272,7 +298,7 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
       for (const id of knownImages.keys()) {
         const m = await mtimeOf(store.sharedPath('overlay-images', id), io);
         if (bootstrap && !opts.full) state.imageMtimes[id] = m; // just read by the rebuild that made this index
-        else if (state.imageMtimes[id] !== m) imageCandidates.push(id);
+        else if (opts.full || state.imageMtimes[id] !== m) imageCandidates.push(id);
       }
     }
   } else {
@@ -307,6 +333,10 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
   for (const id of Object.keys(state.imageMtimes)) if (!knownImages.has(id)) delete state.imageMtimes[id];
   // an image dropped then re-added in the same scan (layers came back) is neither
   res.removed.images = res.removed.images.filter((id) => !knownImages.has(id));
+  if (opts.full) {
+    res.repairedNames = await index.repairNames();
+    if (res.repairedNames.length) log.warn({ names: res.repairedNames }, 'repaired names that disagreed with the image records');
+  }
 
   // 6. remember
   state.dirs = newDirs;
@@ -324,5 +354,5 @@ export async function resetScannerState(index: Index): Promise<void> {
 }
 
 export function scanChanged(r: ScanResult): boolean {
-  return r.added.layers.length + r.added.images.length + r.removed.layers.length + r.removed.images.length + r.updated.images.length + r.missing.length > 0;
+  return r.added.layers.length + r.added.images.length + r.removed.layers.length + r.removed.images.length + r.updated.images.length + r.missing.length + r.repairedNames.length > 0;
 }

@@ -1,4 +1,6 @@
+import { access } from 'node:fs/promises';
 import { logger } from '../common/log.js';
+import { STORE_META_KEY } from '../scanner/scanner.js';
 import type { Index, IndexedLayer, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from '../scanner/readiness.js';
@@ -66,11 +68,29 @@ export async function readStore(store: Store): Promise<StoreSnapshot> {
   return { layers, images, notReady, junk };
 }
 
-/** Rebuild the index from the disk; make (and prune) this host's RO symlinks to match. */
+/**
+ * Before a new index is made (and built from the store): fail, making nothing, when the shared
+ * store is not there. Call before `Index.open` creates the index dir.
+ */
+export async function checkStoreBeforeFirstBuild(store: Store): Promise<void> {
+  const fresh = await access(store.indexDir).then(
+    () => false,
+    () => true,
+  );
+  if (fresh) await store.requireMarker('index');
+}
+
+/**
+ * Rebuild the index from the disk; make (and prune) this host's RO symlinks to match. Fails,
+ * changing nothing, when the shared store is not there (no marker); follows the store that is
+ * (its storeId is remembered for the scanner's check).
+ */
 export async function rebuildIndex(store: Store, index: Index): Promise<StoreSnapshot> {
+  const marker = await store.requireMarker('index rebuild');
   const snap = await readStore(store);
   const old = new Map((await index.listLayers()).map((l) => [l.id, l] as const));
   await index.clear();
+  await index.putMeta(STORE_META_KEY, { storeId: marker.storeId });
   for (const rec of snap.layers.values()) {
     if (!rec.rw) await store.linkLocal(rec.id, 'layer');
     await index.putLayer(rec);

@@ -8,15 +8,11 @@ import { contentSize } from '../common/du.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
-import { Store, type ImageRecord, type LayerRecord, type Role } from '../store/index.js';
+import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
 import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
-import { rebuildIndex, type StoreSnapshot } from './rebuild.js';
+import { checkStoreBeforeFirstBuild, rebuildIndex, type StoreSnapshot } from './rebuild.js';
 
-export interface ServiceOptions {
-  root: string;
-  shared?: string;
-  role?: Role;
-}
+export type ServiceOptions = StoreOptions;
 
 /**
  * The store, its index and the operations on them. One process at a time holds a root's index
@@ -35,6 +31,7 @@ export class Service {
 
   static async open(opts: ServiceOptions): Promise<Service> {
     const store = await Store.open(opts);
+    await checkStoreBeforeFirstBuild(store);
     const index = await Index.open(store.indexDir);
     const svc = new Service(store, index);
     try {
@@ -393,10 +390,15 @@ export class Service {
   async status(): Promise<Record<string, unknown>> {
     const staleMountsRemoved = await this.cleanStaleMounts();
     const layers = await this.index.listLayers();
+    const marker = await this.store.readMarker().catch((err: unknown) => ({ error: (err as Error).message }));
     const out: Record<string, unknown> = {
       root: this.store.root,
       shared: this.store.shared,
       role: this.store.role,
+      roleReason: this.store.roleReason,
+      hostId: this.store.hostId,
+      storeId: marker && 'storeId' in marker ? marker.storeId : null,
+      writer: marker === null ? 'no store marker (not mounted?)' : 'error' in marker ? marker.error : marker.writer,
       images: (await this.index.listImages()).length,
       roLayers: layers.filter((l) => !l.rw).length,
       rwLayers: layers.filter((l) => l.rw).length,

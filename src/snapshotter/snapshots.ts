@@ -92,6 +92,8 @@ export interface SnapshotterOptions {
   root: string;
   shared?: string;
   role?: Role;
+  /** How long a commit waits for the shared store's writer lock (waits are logged through pino). */
+  lockTimeoutMs?: number;
   driver: 'overlay' | 'fuse';
   /** How long the index stays open after the last request (ms). */
   idleMs?: number;
@@ -199,7 +201,7 @@ export class Snapshotter {
     const p = this.queue.then(async () => {
       clearTimeout(this.idle);
       try {
-        this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), role: this.opts.role ?? 'writer' });
+        this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), ...(this.opts.role ? { role: this.opts.role } : {}), ...(this.opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: this.opts.lockTimeoutMs } : {}) });
         try {
           return await fn(this.svc);
         } finally {

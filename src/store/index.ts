@@ -1,3 +1,3 @@
-export { Store, writeFileAtomic, type Role, type StoreOptions } from './store.js';
-export { FileLock, readLockHolder, type LockHolder } from './lock.js';
+export { Store, writeFileAtomic, type Role, type StoreOptions, type StoreMarker } from './store.js';
+export { FileLock, readLockHolder, describeHolder, describeLockWait, type LockHolder, type LockWait, type AcquireOptions } from './lock.js';
 export { type LayerRecord, type ImageRecord, isLayerId, parseLayerRecord, parseImageRecord } from './records.js';

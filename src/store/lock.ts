@@ -17,6 +17,41 @@ export interface LockHolder {
   purpose: string;
 }
 
+/** `pid 123 on host h2 since <iso> (image import x.tar)`. */
+export function describeHolder(holder: LockHolder | null): string {
+  if (!holder) return 'an unknown process (the lock file cannot be read)';
+  return `pid ${holder.pid} on host ${holder.host} since ${holder.since} (${holder.purpose})`;
+}
+
+/** What a waiter is told (at once, then every `noticeEveryMs`). */
+export interface LockWait {
+  /** e.g. "the shared store's writer lock" */
+  lock: string;
+  holder: LockHolder | null;
+  waitedMs: number;
+  /** When the waiter gives up. */
+  timeoutMs: number;
+}
+
+export function describeLockWait(w: LockWait): string {
+  const waited = w.waitedMs >= 1000 ? `still waiting (${Math.round(w.waitedMs / 1000)} s of ${Math.round(w.timeoutMs / 1000)} s)` : 'waiting';
+  return `${waited} for ${w.lock}, held by ${describeHolder(w.holder)}`;
+}
+
+export interface AcquireOptions {
+  /** How long to wait for the lock (default 0: fail at once). */
+  waitMs?: number;
+  /** Break a lock of another host older than this (default: never). */
+  staleAfterMs?: number;
+  /** Told who holds the lock when a wait starts, then every `noticeEveryMs` (default 10 s). */
+  onWait?: (w: LockWait) => void;
+  noticeEveryMs?: number;
+  /** Names the lock in notices and errors (default: `the lock <file>`). */
+  lockName?: string;
+  /** What the error is about (default: the lock file). */
+  what?: string;
+}
+
 export async function readLockHolder(file: string): Promise<LockHolder | null> {
   try {
     return JSON.parse(await readFile(file, 'utf8')) as LockHolder;
@@ -31,8 +66,13 @@ export class FileLock {
     private readonly token: string,
   ) {}
 
-  static async acquire(file: string, purpose: string, opts: { waitMs?: number; staleAfterMs?: number } = {}): Promise<FileLock> {
-    const deadline = Date.now() + (opts.waitMs ?? 0);
+  static async acquire(file: string, purpose: string, opts: AcquireOptions = {}): Promise<FileLock> {
+    const t0 = Date.now();
+    const waitMs = opts.waitMs ?? 0;
+    const deadline = t0 + waitMs;
+    const lockName = opts.lockName ?? `the lock ${file}`;
+    const noticeEvery = opts.noticeEveryMs ?? 10_000;
+    let nextNotice = 0; // 0: not told yet
     const me: LockHolder = { host: os.hostname(), pid: process.pid, since: new Date().toISOString(), purpose };
     const token = JSON.stringify(me);
     for (;;) {
@@ -64,11 +104,17 @@ export class FileLock {
         }
         continue;
       }
-      if (Date.now() >= deadline) {
-        const who = holder ? `${holder.purpose} by pid ${holder.pid} on ${holder.host} since ${holder.since}` : 'by another process';
-        throw new LayerfsError('ELOCKED', file, `locked (${who})`);
+      const now = Date.now();
+      if (now >= deadline) {
+        if (waitMs <= 0) throw new LayerfsError('ELOCKED', opts.what ?? file, `locked (held by ${describeHolder(holder)})`);
+        throw new LayerfsError('ELOCKED', opts.what ?? file, `gave up after ${Math.round(waitMs / 1000)} s waiting for ${lockName}, held by ${describeHolder(holder)}`);
       }
-      await new Promise((r) => setTimeout(r, 100));
+      // tell the waiter who holds it: at once (a holder still writing its file gets a second to), then every noticeEvery
+      if (opts.onWait && (holder !== null || now - t0 >= 1000) && now >= nextNotice) {
+        opts.onWait({ lock: lockName, holder, waitedMs: now - t0, timeoutMs: waitMs });
+        nextNotice = now + noticeEvery;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
     }
   }
 

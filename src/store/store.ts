@@ -1,9 +1,10 @@
-import { mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile, lstat, stat, open, utimes } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile, lstat, stat, open, utimes, link, unlink } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
-import { FileLock } from './lock.js';
+import { FileLock, type LockWait, describeLockWait } from './lock.js';
 import { type ImageRecord, type LayerRecord, isLayerId, parseImageRecord, parseLayerRecord } from './records.js';
 
 export type Role = 'writer' | 'reader';
@@ -13,7 +14,78 @@ export interface StoreOptions {
   root: string;
   /** Shared store (NFS in production). Default: `<root>/shared`. */
   shared?: string;
+  /** Given: honoured. Not given: see `Store.open` (writer of a local store or where the marker names this host). */
   role?: Role;
+  /** How long a write waits for the shared store's writer lock (default 600 s). */
+  lockTimeoutMs?: number;
+  /** Told who holds the writer lock while a write waits for it (at once, then every 10 s). Default: a pino warning. */
+  onLockWait?: (w: LockWait) => void;
+}
+
+/** `<shared>/.layerfs-store`: what store this is and which host is its writer. */
+export interface StoreMarker {
+  storeId: string;
+  created: string;
+  writer: { hostId: string; hostname: string; since: string };
+}
+
+/** `<root>/host.json`: this root's identity, made once. */
+interface HostFile {
+  hostId: string;
+  hostname: string;
+  created: string;
+}
+
+const MARKER = '.layerfs-store';
+const HOST_FILE = 'host.json';
+
+/** Create `file` with `data` unless it exists (temp file + link(2): never a half-written file, never an overwrite). */
+async function createExclusive(file: string, data: string): Promise<boolean> {
+  const tmp = path.join(path.dirname(file), `${TMP_PREFIX}${path.basename(file)}-${randomBytes(4).toString('hex')}`);
+  await writeFileAtomic(tmp, data);
+  try {
+    await link(tmp, file);
+    return true;
+  } catch (err) {
+    if (isErrno(err, 'EEXIST')) return false;
+    throw err;
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+}
+
+async function readJson<T>(file: string): Promise<T | null> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return null;
+    throw err;
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    throw new LayerfsError('ENOSTORE', file, 'is not valid JSON');
+  }
+}
+
+function checkMarker(file: string, m: StoreMarker | null): StoreMarker | null {
+  if (m === null) return null;
+  if (typeof m !== 'object' || typeof m.storeId !== 'string' || typeof m.writer?.hostId !== 'string') throw new LayerfsError('ENOSTORE', file, 'is not a layerfs store marker');
+  return m;
+}
+
+/** This root's host id, made (once, race-free) on first use. */
+async function loadHostId(root: string): Promise<string> {
+  const file = path.join(root, HOST_FILE);
+  for (;;) {
+    const h = await readJson<HostFile>(file);
+    if (h && typeof h.hostId === 'string') return h.hostId;
+    if (h) throw new LayerfsError('EUSAGE', file, 'has no hostId');
+    await mkdir(root, { recursive: true });
+    const mine: HostFile = { hostId: randomBytes(16).toString('hex'), hostname: os.hostname(), created: new Date().toISOString() };
+    if (await createExclusive(file, JSON.stringify(mine, null, 2) + '\n')) return mine.hostId;
+  }
 }
 
 /** The three kinds of dirs, in the order seed 000 scans them. */
@@ -76,39 +148,114 @@ async function ensureSymlink(target: string, link: string): Promise<void> {
  *   <root>/<kind>/<ro-id> -> RO/<ro-id>
  *   <root>/overlay/<rw-id>/{diff,work,merged,link,lower}   <root>/overlay-layers/<rw-id>/layer.json
  *   <root>/index/   (LevelDB, src/index)
+ *   <shared>/.layerfs-store   the store marker (storeId, recorded writer)   <root>/host.json   this root's host id
  */
 export class Store {
   readonly root: string;
   readonly shared: string;
   readonly role: Role;
-  /** This local root's host id (stable: made once, kept in `<root>/host-id`); names its lease on the shared store. */
-  hostId = '';
+  /** Why this host has its role: `explicit`, `local store`, `recorded writer`, or why it is a reader. */
+  readonly roleReason: string;
+  /** This local root's id (`<root>/host.json`, random, made once): names this host in the store marker and per-host files. */
+  readonly hostId: string;
+  private lockTimeoutMs = 600_000;
+  private onLockWait: (w: LockWait) => void = (w) => logger().warn({ holder: w.holder, waitedMs: w.waitedMs }, describeLockWait(w));
 
-  private constructor(opts: StoreOptions) {
-    this.root = path.resolve(opts.root);
-    this.shared = path.resolve(opts.shared ?? path.join(this.root, 'shared'));
-    this.role = opts.role ?? 'writer';
+  private constructor(root: string, shared: string, hostId: string, role: Role, roleReason: string) {
+    this.root = root;
+    this.shared = shared;
+    this.hostId = hostId;
+    this.role = role;
+    this.roleReason = roleReason;
   }
 
-  /** Open (and lay out, if new) a store. Makes no change to the shared store on a reader. */
+  /**
+   * Open (and lay out, if new) a store. Makes no change to the shared store on a reader.
+   *
+   * Role, when not given: writer for a local store (the shared dir is the default `<root>/shared`)
+   * and where the store marker names this host as the writer; reader otherwise (a shared dir whose
+   * marker names another host, or with no marker: not mounted, or not made yet). A writer adds the
+   * marker to a shared dir that has none (a new store, or one made before markers existed); an
+   * explicit writer that is not the recorded one is warned about.
+   */
   static async open(opts: StoreOptions): Promise<Store> {
-    const s = new Store(opts);
+    const root = path.resolve(opts.root);
+    const local = path.join(root, 'shared');
+    const shared = path.resolve(opts.shared ?? local);
+    const hostId = await loadHostId(root);
+    const marker = checkMarker(path.join(shared, MARKER), await readJson<StoreMarker>(path.join(shared, MARKER)));
+    let role: Role;
+    let reason: string;
+    if (opts.role) [role, reason] = [opts.role, 'explicit'];
+    else if (shared === local) [role, reason] = ['writer', 'local store'];
+    else if (marker?.writer.hostId === hostId) [role, reason] = ['writer', 'recorded writer'];
+    else if (marker) [role, reason] = ['reader', `the store's recorded writer is another host (${marker.writer.hostname}, ${marker.writer.hostId})`];
+    else [role, reason] = ['reader', `no ${MARKER} marker in the shared dir`];
+    const s = new Store(root, shared, hostId, role, reason);
+    if (opts.lockTimeoutMs !== undefined) s.lockTimeoutMs = opts.lockTimeoutMs;
+    if (opts.onLockWait) s.onLockWait = opts.onLockWait;
     for (const kind of KINDS) {
       if (s.role === 'writer') await mkdir(path.join(s.shared, kind), { recursive: true });
       await mkdir(path.join(s.root, kind), { recursive: true });
       await ensureSymlink(path.join(s.shared, kind), path.join(s.root, kind, 'RO'));
     }
-    if (s.role === 'writer') await mkdir(path.join(s.shared, 'overlay', 'l'), { recursive: true });
-    s.hostId = await s.loadHostId();
+    if (s.role === 'writer') {
+      await mkdir(path.join(s.shared, 'overlay', 'l'), { recursive: true });
+      const m = marker ?? (await s.createMarker());
+      if (m.writer.hostId !== hostId) {
+        logger().warn(
+          { shared, hostId, recordedWriter: m.writer },
+          `this host writes the shared store as --role writer but the store's recorded writer is ${m.writer.hostname} (${m.writer.hostId}); \`layerfs store take-writer\` makes this host the writer`,
+        );
+      }
+    }
     return s;
   }
 
-  private async loadHostId(): Promise<string> {
-    const file = path.join(this.root, 'host-id');
-    const id = (await readFile(file, 'utf8').catch(() => '')).trim();
-    if (/^[0-9a-f]{16,64}$/.test(id)) return id;
-    await writeFileAtomic(file, randomBytes(8).toString('hex') + '\n');
-    return (await readFile(file, 'utf8')).trim();
+  // ---- the store marker --------------------------------------------------------------------------
+  get markerFile(): string {
+    return path.join(this.shared, MARKER);
+  }
+
+  /** The store marker, or null when the shared dir has none (not mounted, not made yet, or made before markers). */
+  async readMarker(): Promise<StoreMarker | null> {
+    return checkMarker(this.markerFile, await readJson<StoreMarker>(this.markerFile));
+  }
+
+  /** The store marker; fails (ENOSTORE) when it is not there, so that nothing is changed on the word of an empty dir. */
+  async requireMarker(what: string): Promise<StoreMarker> {
+    const m = await this.readMarker();
+    if (!m) throw new LayerfsError('ENOSTORE', what, `the shared store at ${this.shared} is not there (no ${MARKER} marker: is it mounted?)`);
+    return m;
+  }
+
+  private async createMarker(): Promise<StoreMarker> {
+    const now = new Date().toISOString();
+    const m: StoreMarker = { storeId: randomBytes(16).toString('hex'), created: now, writer: { hostId: this.hostId, hostname: os.hostname(), since: now } };
+    if (await createExclusive(this.markerFile, JSON.stringify(m, null, 2) + '\n')) {
+      logger().info({ shared: this.shared, storeId: m.storeId }, 'store marker written');
+      return m;
+    }
+    return (await this.readMarker())!; // another writer made it first
+  }
+
+  /**
+   * `layerfs store take-writer`: record this host as the store's writer. A shared dir without a
+   * marker must at least have the layerfs kind dirs (a store made before markers); an empty dir is
+   * refused (not mounted?). Returns the marker written and the previous writer.
+   */
+  async takeWriter(): Promise<{ marker: StoreMarker; previous: StoreMarker['writer'] | null }> {
+    const old = await this.readMarker();
+    if (!old) {
+      for (const kind of KINDS) {
+        if (!(await exists(this.sharedPath(kind)))) throw new LayerfsError('ENOSTORE', 'store take-writer', `the shared store at ${this.shared} is not there (no ${MARKER} marker and no ${kind}/: is it mounted?)`);
+      }
+    }
+    const now = new Date().toISOString();
+    const writer = { hostId: this.hostId, hostname: os.hostname(), since: now };
+    const marker: StoreMarker = old ? { ...old, writer } : { storeId: randomBytes(16).toString('hex'), created: now, writer };
+    await writeFileAtomic(this.markerFile, JSON.stringify(marker, null, 2) + '\n');
+    return { marker, previous: old?.writer ?? null };
   }
 
   // ---- paths ---------------------------------------------------------------------------------
@@ -147,11 +294,13 @@ export class Store {
   // ---- writer lock -----------------------------------------------------------------------------
   /**
    * Run `fn` holding the shared store's writer lock. With the lock held nobody else is writing, so
-   * stale temp dirs (a crashed import's leftovers) are removed first.
+   * stale temp dirs (a crashed import's leftovers) are removed first. While another process holds
+   * it, `onLockWait` is told who (at once, then every 10 s); after `lockTimeoutMs` the write fails
+   * naming the holder.
    */
-  async withWriteLock<T>(purpose: string, fn: () => Promise<T>, waitMs = 600_000): Promise<T> {
+  async withWriteLock<T>(purpose: string, fn: () => Promise<T>, waitMs = this.lockTimeoutMs): Promise<T> {
     if (this.role !== 'writer') throw new LayerfsError('EROLE', purpose, 'this host is a reader: only the writer host changes the shared store');
-    const lock = await FileLock.acquire(this.writerLockFile, purpose, { waitMs });
+    const lock = await FileLock.acquire(this.writerLockFile, purpose, { waitMs, lockName: "the shared store's writer lock", what: purpose, onWait: this.onLockWait });
     try {
       await this.removeStaleTemps(this.shared);
       return await fn();

@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
-import { cli, cliOk } from './lib/cli.js';
+import { cli, cliOk, cliSpawn } from './lib/cli.js';
 import { makeImage, writeOciLayout, type TestImage } from './lib/images.js';
 import { forceUnmount, run } from './lib/mounts.js';
 
@@ -168,10 +168,17 @@ test('a reader\'s containers (runc on kernel overlay and FUSE) read every file b
     await c.stop();
     await cliOk(['umount', rootfs, '--rm'], r);
   }
-  const pr2 = await cliOk(['prune'], w);
-  for (const l of layers) assert.match(pr2, new RegExp(`removed layer ${l}`));
-  assert.deepEqual(await storeLayers(shared), []);
+  // the writer's daemon deletes them on its next pass (they stayed marked)
+  assert.deepEqual((await readdir(path.join(shared, 'gc'))).sort(), [...layers].sort());
+  const daemon = cliSpawn(['daemon', '--interval', '0.5'], w);
+  try {
+    await waitFor('the writer\'s daemon to delete the layers', async () => (await storeLayers(shared)).length === 0);
+  } finally {
+    daemon.kill('SIGTERM');
+    await new Promise((res) => (daemon.exitCode !== null ? res(null) : daemon.on('exit', res)));
+  }
   assert.deepEqual(await dataDirs(shared), []);
+  assert.deepEqual(await readdir(path.join(shared, 'gc')), []);
   await cliOk(['scan'], r);
   assert.deepEqual(JSON.parse(await cliOk(['layer', 'ls', '--json'], r)), []);
 });
@@ -240,15 +247,27 @@ for (const driver of ['overlay', 'fuse'] as const) {
   });
 }
 
-for (const point of ['removal:retired', 'removal:destroyed-one']) {
-  test(`kill -9 during a removal (${point}): no half-deleted layer is ever visible; the next pass finishes; index and disk agree`, async () => {
+const CRASHES = [
+  { cmd: 'image rm', point: 'removal:retired' },
+  { cmd: 'image rm', point: 'removal:destroyed-one' },
+  { cmd: 'prune', point: 'removal:retired' },
+  { cmd: 'prune', point: 'removal:destroyed-one' },
+];
+for (const { cmd, point } of CRASHES) {
+  test(`kill -9 during a removal (${cmd}, at ${point}): no half-deleted layer is ever visible; the next pass finishes; index and disk agree`, async () => {
     const { dir, shared, w, r } = await hosts();
     await image(dir, 'crash:1', `crash${seq}`);
     await cliOk(['image', 'import', path.join(dir, `oci-crash${seq}`)], w);
     await cliOk(['scan'], r);
-    const killed = await cli(['image', 'rm', 'crash:1'], { ...w, LAYERFS_CRASH_AT: point });
+    if (cmd === 'prune') {
+      // the image's record goes by hand (as another writer's crash would leave it): prune finds its layers unused
+      const id = (JSON.parse(await cliOk(['image', 'inspect', 'crash:1'], w)) as { id: string }).id;
+      await rm(path.join(shared, 'overlay-images', id), { recursive: true });
+      await cliOk(['index', 'rebuild'], w);
+    }
+    const killed = await cli(cmd.split(' '), { ...w, LAYERFS_CRASH_AT: point });
     assert.notEqual(killed.code, 0, 'the removal was killed');
-    assert.doesNotMatch(killed.stdout, /removed image/);
+    assert.doesNotMatch(killed.stdout, /removed/);
     // what readers see meanwhile: whole layers or none (storeLayers and dataDirs assert it), never the image
     await storeLayers(shared);
     await dataDirs(shared);

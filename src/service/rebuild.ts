@@ -1,6 +1,7 @@
 import { logger } from '../common/log.js';
-import type { Index, IndexedLayer, SnapshotRecord } from '../index/index.js';
+import type { Index, IndexedLayer, MountRecord, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+import { recoverMountRecords } from '../usage/mounttable.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from '../scanner/readiness.js';
 
 export interface StoreSnapshot {
@@ -66,8 +67,12 @@ export async function readStore(store: Store): Promise<StoreSnapshot> {
   return { layers, images, notReady, junk };
 }
 
-/** Rebuild the index from the disk; make (and prune) this host's RO symlinks to match. */
-export async function rebuildIndex(store: Store, index: Index): Promise<StoreSnapshot> {
+/**
+ * Rebuild the index from the disk; make (and prune) this host's RO symlinks to match. Mount records the index has
+ * are kept as they are; those of this root's live mounts it lacks (a deleted index) are recovered from the mount
+ * table (src/usage/mounttable.ts) and returned as `recoveredMounts`.
+ */
+export async function rebuildIndex(store: Store, index: Index): Promise<StoreSnapshot & { recoveredMounts: MountRecord[] }> {
   const snap = await readStore(store);
   const old = new Map((await index.listLayers()).map((l) => [l.id, l] as const));
   await index.clear();
@@ -95,5 +100,8 @@ export async function rebuildIndex(store: Store, index: Index): Promise<StoreSna
   for (const id of await store.listLocalLinks('overlay-layers')) if (!snap.layers.has(id)) await store.unlinkLocal(id, 'layer');
   for (const id of await store.listLocalLinks('overlay-images')) if (!snap.images.has(id)) await store.unlinkLocal(id, 'image');
   if (snap.junk.length) logger().warn({ junk: snap.junk }, 'ignored entries that are not layerfs records');
-  return snap;
+  // after the layers and snapshots: a mount is told ours by its layers' chains and the snapshotter's records
+  const recoveredMounts = await recoverMountRecords(store, index);
+  for (const rec of recoveredMounts) await index.putMount(rec);
+  return { ...snap, recoveredMounts };
 }

@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import { driverFor, selectDriver, type FuseDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
 import { publishImageOf, sha256Digest } from '../image/index.js';
 import { LayerfsError } from '../common/errors.js';
-import { Index, type IndexedLayer } from '../index/index.js';
+import { Index, type IndexedLayer, type MountRecord } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
 import { Store, type ImageRecord, type LayerRecord, type Role } from '../store/index.js';
 import { rebuildIndex, type StoreSnapshot } from './rebuild.js';
@@ -51,7 +51,7 @@ export class Service {
     await this.index.close();
   }
 
-  async rebuildIndex(): Promise<StoreSnapshot> {
+  async rebuildIndex(): Promise<StoreSnapshot & { recoveredMounts: MountRecord[] }> {
     return rebuildIndex(this.store, this.index);
   }
 

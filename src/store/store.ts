@@ -120,6 +120,7 @@ export class Store {
     const short = (await readFile(path.join(this.shared, 'overlay', id, 'link'), 'utf8')).trim();
     return `RO/l/${short}`;
   }
+
   /**
    * What a path given to a mount names in this root or its shared store, in any of the forms our
    * drivers pass (kernel overlay: relative to `mountBase`, e.g. `RO/l/<short>`, `<rw-id>/diff`,

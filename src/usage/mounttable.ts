@@ -25,7 +25,6 @@ import type { Index, MountRecord } from '../index/index.js';
 import { isLayerId, type Store } from '../store/index.js';
 
 type Recovered = Omit<MountRecord, 'refs' | 'created'>;
-type Resolved = Awaited<ReturnType<Store['layerOfMountPath']>>;
 
 /**
  * The records of this root's live mounts that the index lacks (refs 1, created now); the caller stores them.
@@ -62,14 +61,26 @@ export async function recoverMountRecords(store: Store, index: Index): Promise<M
   return out;
 }
 
-/** Layer ids of resolved lower dirs (the `empty` dir dropped), or null when one of them is not ours. */
-function lowerIds(lowers: Resolved[]): string[] | null {
+/**
+ * Layer ids of lower dirs (the `empty` dir dropped), or null at the first one that is not ours (most mounts on a
+ * host are not: one look each). `linksOnly`: a lower named by its diff dir is not ours either.
+ */
+async function lowerIds(store: Store, lowers: string[], linksOnly: boolean): Promise<string[] | null> {
   const ids: string[] = [];
-  for (const l of lowers) {
-    if (!l) return null;
+  for (const p of lowers) {
+    const l = await store.layerOfMountPath(p);
+    if (!l || (linksOnly && l.kind === 'diff')) return null;
     if (l.kind !== 'empty') ids.push(l.id);
   }
   return ids;
+}
+
+/** The RW layer of this root whose diff dir `upper` is, as the index knows it. */
+async function rwLayerOf(store: Store, index: Index, upper: string) {
+  const up = await store.layerOfMountPath(upper);
+  if (up?.kind !== 'diff' || !up.rw) return null;
+  const rec = await index.getLayer(up.id);
+  return rec?.rw ? rec : null;
 }
 
 /** Whether `ids` (top first) is the chain of RO layers from `top` down, as the index knows it. */
@@ -87,33 +98,23 @@ async function isChain(index: Index, ids: string[], top: string | null): Promise
 /** A kernel overlay of ours: lowers by `l/` name (or `empty`), an RW layer's diff dir as upper. */
 async function overlayMount(store: Store, index: Index, e: MountEntry): Promise<Recovered | null> {
   const o = parseOverlayMountData(e.superOptions);
-  const lowers = await Promise.all(o.lowers.map((l) => store.layerOfMountPath(l)));
+  const rw = o.upper ? await rwLayerOf(store, index, o.upper) : null;
+  if (o.upper && !rw) return null;
   // the driver names RO lowers by their short links: a lower given as a diff dir is someone else's overlay
-  if (lowers.some((l) => l?.kind === 'diff')) return null;
-  const ids = lowerIds(lowers);
+  const ids = await lowerIds(store, o.lowers, true);
   if (!ids) return null;
-  if (o.upper) {
-    const up = await store.layerOfMountPath(o.upper);
-    if (up?.kind !== 'diff' || !up.rw) return null;
-    const rw = await index.getLayer(up.id);
-    if (!rw || !(await isChain(index, ids, rw.parent))) return null;
-    return { mountpoint: e.mountpoint, layer: up.id, rw: true, driver: 'overlay' };
-  }
+  if (rw) return (await isChain(index, ids, rw.parent)) ? { mountpoint: e.mountpoint, layer: rw.id, rw: true, driver: 'overlay' } : null;
   if (!ids.length || !(await isChain(index, ids, ids[0]!))) return null;
   return { mountpoint: e.mountpoint, layer: ids[0]!, rw: false, driver: 'overlay' };
 }
 
 /** A FUSE server serving this store's dirs: the driver gives it the chain's diff dirs and the RW layer's upper. */
 async function fuseMount(store: Store, index: Index, s: ServerProcess): Promise<Recovered | null> {
-  const ids = lowerIds(await Promise.all(s.lowerdirs.map((l) => store.layerOfMountPath(l))));
+  const rw = s.upperdir ? await rwLayerOf(store, index, s.upperdir) : null;
+  if (s.upperdir && !rw) return null;
+  const ids = await lowerIds(store, s.lowerdirs, false);
   if (!ids) return null;
-  if (s.upperdir) {
-    const up = await store.layerOfMountPath(s.upperdir);
-    if (up?.kind !== 'diff' || !up.rw) return null;
-    const rw = await index.getLayer(up.id);
-    if (!rw || !(await isChain(index, ids, rw.parent))) return null;
-    return { mountpoint: s.mountpoint, layer: up.id, rw: true, driver: 'fuse', pid: s.pid };
-  }
+  if (rw) return (await isChain(index, ids, rw.parent)) ? { mountpoint: s.mountpoint, layer: rw.id, rw: true, driver: 'fuse', pid: s.pid } : null;
   if (!ids.length || !(await isChain(index, ids, ids[0]!))) return null;
   return { mountpoint: s.mountpoint, layer: ids[0]!, rw: false, driver: 'fuse', pid: s.pid };
 }

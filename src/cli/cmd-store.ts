@@ -141,9 +141,9 @@ export const indexCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         (c) => c,
         async (args) => {
           const snap = await withService(args, (svc) => svc.rebuildIndex());
-          const out = { layers: snap.layers.size, images: snap.images.size, notReady: snap.notReady, junk: snap.junk };
+          const out = { layers: snap.layers.size, images: snap.images.size, notReady: snap.notReady, junk: snap.junk, mountsRecovered: snap.recoveredMounts.map((m) => m.mountpoint) };
           if (args.json) printJson(out);
-          else process.stdout.write(`index rebuilt: ${out.images} images, ${out.layers} layers\n`);
+          else process.stdout.write(`index rebuilt: ${out.images} images, ${out.layers} layers${out.mountsRecovered.length ? `, ${out.mountsRecovered.length} mounts recovered` : ''}\n`);
         },
       )
       .demandCommand(1),

@@ -16,6 +16,7 @@ export { FsError, errnoOf } from './core/errors.js';
 export { parseMountOptions, formatMountOptions, splitLowerdirs, defaultTransport, parseTransport, TRANSPORTS, type MountConfig, type Transport } from './options.js';
 export { isMounted } from './mountinfo.js';
 export { SERVER_MAIN } from './spawn.js';
+export { listServers, serverOfCmdline, type ServerProcess } from './servers.js';
 
 export interface FuseMountOptions {
   /** Lower dirs, top first. */

@@ -108,3 +108,28 @@ export function formatMountOptions(c: { lowerdirs: string[]; upperdir?: string; 
   }
   return parts.join(',');
 }
+
+/** The server process's own arguments (after its entry script): `[-f] [-d] [--ready-fd N] [--transport T] -o OPTS MNT`. */
+export interface ServerArgs {
+  foreground: boolean;
+  debug: boolean;
+  readyFd?: number;
+  opts: string[];
+  positional: string[];
+}
+
+export function parseServerArgs(argv: string[]): ServerArgs {
+  const a: ServerArgs = { foreground: false, debug: false, opts: [], positional: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const v = argv[i];
+    if (v === '-f') a.foreground = true;
+    else if (v === '-d') a.debug = a.foreground = true;
+    else if (v === '--ready-fd') a.readyFd = Number(argv[++i]);
+    else if (v === '--transport') a.opts.push(`transport=${argv[++i] ?? ''}`);
+    else if (v.startsWith('--transport=')) a.opts.push(`transport=${v.slice('--transport='.length)}`);
+    else if (v === '-o') a.opts.push(argv[++i] ?? '');
+    else if (v.startsWith('-o')) a.opts.push(v.slice(2));
+    else a.positional.push(v);
+  }
+  return a;
+}

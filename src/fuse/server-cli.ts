@@ -4,33 +4,9 @@
  * mount is ready. With --ready-fd it reports {"ready":true,"pid":N} or {"error":"..."} as one JSON line on that fd.
  */
 import { closeSync, writeSync } from 'node:fs';
-import { parseMountOptions } from './options.js';
+import { parseMountOptions, parseServerArgs } from './options.js';
 import { serve } from './server.js';
 import { spawnServer } from './spawn.js';
-
-interface Args {
-  foreground: boolean;
-  debug: boolean;
-  readyFd?: number;
-  opts: string[];
-  positional: string[];
-}
-
-export function parseArgs(argv: string[]): Args {
-  const a: Args = { foreground: false, debug: false, opts: [], positional: [] };
-  for (let i = 0; i < argv.length; i++) {
-    const v = argv[i];
-    if (v === '-f') a.foreground = true;
-    else if (v === '-d') a.debug = a.foreground = true;
-    else if (v === '--ready-fd') a.readyFd = Number(argv[++i]);
-    else if (v === '--transport') a.opts.push(`transport=${argv[++i] ?? ''}`);
-    else if (v.startsWith('--transport=')) a.opts.push(`transport=${v.slice('--transport='.length)}`);
-    else if (v === '-o') a.opts.push(argv[++i] ?? '');
-    else if (v.startsWith('-o')) a.opts.push(v.slice(2));
-    else a.positional.push(v);
-  }
-  return a;
-}
 
 function report(fd: number | undefined, msg: object): void {
   if (fd === undefined) return;
@@ -43,7 +19,7 @@ function report(fd: number | undefined, msg: object): void {
 }
 
 export async function serverMain(argv: string[]): Promise<void> {
-  const a = parseArgs(argv);
+  const a = parseServerArgs(argv);
   const mnt = a.positional[a.positional.length - 1] ?? '';
   try {
     const cfg = parseMountOptions(a.opts, mnt);

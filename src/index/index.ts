@@ -204,7 +204,7 @@ export class Index {
     await this.sub('meta').put(key, value);
   }
 
-  /** Drop everything derived from the store (before a rebuild); mount records are kept: the disk cannot tell them. */
+  /** Drop everything derived from the store (before a rebuild); mount records are kept (refs, times: the mount table cannot tell them); the rebuild adds those of live mounts it lacks. */
   async clear(): Promise<void> {
     for (const s of ['layer', 'image', 'name', 'meta'] as const) await this.sub(s).clear();
   }

@@ -1,8 +1,9 @@
 import { access } from 'node:fs/promises';
 import { logger } from '../common/log.js';
 import { STORE_META_KEY } from '../scanner/scanner.js';
-import type { Index, IndexedLayer, SnapshotRecord } from '../index/index.js';
+import type { Index, IndexedLayer, MountRecord, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+import { recoverMountRecords } from '../usage/mounttable.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from '../scanner/readiness.js';
 
 export interface StoreSnapshot {
@@ -83,9 +84,11 @@ export async function checkStoreBeforeFirstBuild(store: Store): Promise<void> {
 /**
  * Rebuild the index from the disk; make (and prune) this host's RO symlinks to match. Fails,
  * changing nothing, when the shared store is not there (no marker); follows the store that is
- * (its storeId is remembered for the scanner's check).
+ * (its storeId is remembered for the scanner's check). Mount records the index has are kept as they
+ * are; those of this root's live mounts it lacks (a deleted index) are recovered from the mount table
+ * (src/usage/mounttable.ts) and returned as `recoveredMounts`.
  */
-export async function rebuildIndex(store: Store, index: Index): Promise<StoreSnapshot> {
+export async function rebuildIndex(store: Store, index: Index): Promise<StoreSnapshot & { recoveredMounts: MountRecord[] }> {
   const marker = await store.requireMarker('index rebuild');
   const snap = await readStore(store);
   const old = new Map((await index.listLayers()).map((l) => [l.id, l] as const));
@@ -115,5 +118,8 @@ export async function rebuildIndex(store: Store, index: Index): Promise<StoreSna
   for (const id of await store.listLocalLinks('overlay-layers')) if (!snap.layers.has(id)) await store.unlinkLocal(id, 'layer');
   for (const id of await store.listLocalLinks('overlay-images')) if (!snap.images.has(id)) await store.unlinkLocal(id, 'image');
   if (snap.junk.length) logger().warn({ junk: snap.junk }, 'ignored entries that are not layerfs records');
-  return snap;
+  // after the layers and snapshots: a mount is told ours by its layers' chains and the snapshotter's records
+  const recoveredMounts = await recoverMountRecords(store, index);
+  for (const rec of recoveredMounts) await index.putMount(rec);
+  return { ...snap, recoveredMounts };
 }

@@ -6,7 +6,7 @@ import { driverFor, selectDriver, type FuseDriver, type DriverName, type Layered
 import { publishImageOf, sha256Digest } from '../image/index.js';
 import { contentSize } from '../common/du.js';
 import { LayerfsError } from '../common/errors.js';
-import { Index, type IndexedLayer } from '../index/index.js';
+import { Index, type IndexedLayer, type MountRecord } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
 import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
 import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
@@ -49,7 +49,7 @@ export class Service {
     await this.index.close();
   }
 
-  async rebuildIndex(): Promise<StoreSnapshot> {
+  async rebuildIndex(): Promise<StoreSnapshot & { recoveredMounts: MountRecord[] }> {
     return rebuildIndex(this.store, this.index);
   }
 

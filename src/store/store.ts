@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile, lstat, stat, open, utimes, link, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, realpath, rename, rm, symlink, writeFile, lstat, stat, open, utimes, link, unlink } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
@@ -160,6 +160,8 @@ export class Store {
   readonly hostId: string;
   private lockTimeoutMs = 600_000;
   private onLockWait: (w: LockWait) => void = (w) => logger().warn({ holder: w.holder, waitedMs: w.waitedMs }, describeLockWait(w));
+  /** realBases(), once. */
+  private bases?: { roots: string[]; shareds: string[] };
 
   private constructor(root: string, shared: string, hostId: string, role: Role, roleReason: string) {
     this.root = root;
@@ -277,6 +279,67 @@ export class Store {
   async shortLowerPath(id: string): Promise<string> {
     const short = (await readFile(path.join(this.shared, 'overlay', id, 'link'), 'utf8')).trim();
     return `RO/l/${short}`;
+  }
+
+  /**
+   * What a path given to a mount names in this root or its shared store, in any of the forms our
+   * drivers pass (kernel overlay: relative to `mountBase`, e.g. `RO/l/<short>`, `<rw-id>/diff`,
+   * `empty`; FUSE: absolute `<root>/overlay/<id>/diff`) or their absolute equivalents under the root
+   * or the shared store (also through their real paths). `link`: a short `l/` name; `diff`: a layer's
+   * diff dir (`rw`: an RW layer of this root); `empty`: the empty lower of one-layer views; null: a
+   * path that is not ours, or names nothing that exists.
+   */
+  async layerOfMountPath(p: string): Promise<{ kind: 'link' | 'diff'; id: string; rw: boolean } | { kind: 'empty' } | null> {
+    const abs = path.resolve(this.mountBase, p);
+    const { roots, shareds } = await this.realBases();
+    for (const r of roots) {
+      const rel = path.relative(path.join(r, 'overlay'), abs);
+      if (rel.startsWith('..') || path.isAbsolute(rel)) continue;
+      const f = rel.split(path.sep);
+      if (rel === 'empty') return { kind: 'empty' };
+      if (f.length === 3 && f[0] === 'RO' && f[1] === 'l') return this.viaShortName(f[2]!);
+      if (f.length === 3 && f[0] === 'RO' && isLayerId(f[1]!) && f[2] === 'diff') return this.roDiff(f[1]!);
+      if (f.length === 2 && isLayerId(f[0]!) && f[1] === 'diff') {
+        const st = await lstat(this.layerDir(f[0]!)).catch(() => null);
+        if (st?.isSymbolicLink()) return this.roDiff(f[0]!);
+        if (st?.isDirectory() && (await this.readLocalLayer(f[0]!))?.rw) return { kind: 'diff', id: f[0]!, rw: true };
+        return null;
+      }
+    }
+    for (const s of shareds) {
+      const rel = path.relative(path.join(s, 'overlay'), abs);
+      if (rel.startsWith('..') || path.isAbsolute(rel)) continue;
+      const f = rel.split(path.sep);
+      if (f.length === 2 && f[0] === 'l') return this.viaShortName(f[1]!);
+      if (f.length === 2 && isLayerId(f[0]!) && f[1] === 'diff') return this.roDiff(f[0]!);
+    }
+    return null;
+  }
+
+  /** The RO layer a short `l/` name links to (`l/<short> -> ../<id>/diff`), if it is one of this store's. */
+  async layerIdOfShortName(short: string): Promise<string | null> {
+    if (!/^[a-z0-9]+$/.test(short)) return null;
+    const target = await readlink(this.sharedPath('overlay', 'l', short)).catch(() => null);
+    const m = target ? /^\.\.\/([0-9a-f]{64})\/diff$/.exec(target) : null;
+    return m && isLayerId(m[1]!) ? m[1]! : null;
+  }
+
+  private async viaShortName(short: string): Promise<{ kind: 'link'; id: string; rw: false } | null> {
+    const id = await this.layerIdOfShortName(short);
+    return id ? { kind: 'link', id, rw: false } : null;
+  }
+
+  private async roDiff(id: string): Promise<{ kind: 'diff'; id: string; rw: false } | null> {
+    return (await exists(this.sharedPath('overlay', id, 'diff'))) ? { kind: 'diff', id, rw: false } : null;
+  }
+
+  /** The root and the shared store, each as given and as its real path (a mount may name either). */
+  private async realBases(): Promise<{ roots: string[]; shareds: string[] }> {
+    if (!this.bases) {
+      const both = async (p: string) => [...new Set([p, await realpath(p).catch(() => p)])];
+      this.bases = { roots: await both(this.root), shareds: await both(this.shared) };
+    }
+    return this.bases;
   }
   layerMetaDir(id: string): string {
     return path.join(this.root, 'overlay-layers', id);

@@ -19,3 +19,20 @@ export function overlayMountData(lowers: string[], upper?: string, work?: string
   }
   return data;
 }
+
+/**
+ * The dirs of a kernel overlay mount, from its superblock options as /proc/self/mountinfo shows them
+ * (each option already unescaped). The kernel shows the paths as mount(2) was given them: ours are
+ * relative to the store's mount base (see overlayMountData). `lowerdir=A:B` (a `\:` is a colon in a
+ * name) and the newer `lowerdir+=A` options, one per lower, are both read, top first.
+ */
+export function parseOverlayMountData(superOptions: string[]): { lowers: string[]; upper?: string; work?: string } {
+  const out: { lowers: string[]; upper?: string; work?: string } = { lowers: [] };
+  for (const o of superOptions) {
+    if (o.startsWith('lowerdir=')) out.lowers.push(...o.slice('lowerdir='.length).split(/(?<!\\):/).map((s) => s.replace(/\\:/g, ':')).filter(Boolean));
+    else if (o.startsWith('lowerdir+=')) out.lowers.push(o.slice('lowerdir+='.length));
+    else if (o.startsWith('upperdir=')) out.upper = o.slice('upperdir='.length);
+    else if (o.startsWith('workdir=')) out.work = o.slice('workdir='.length);
+  }
+  return out;
+}

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { Index } from '../index/index.js';
-import { checkStoreBeforeFirstBuild, rebuildIndex } from '../service/rebuild.js';
+import { checkStoreBeforeFirstBuild, rebuildIndex } from './rebuild.js';
 import { FileLock, type Store } from '../store/index.js';
 import { Lifetime } from '../usage/index.js';
 import { type ScanResult, scanChanged, scanOnce } from './scanner.js';

@@ -10,7 +10,7 @@ import { Index, type IndexedLayer, type MountRecord } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
 import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
 import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
-import { checkStoreBeforeFirstBuild, rebuildIndex, type StoreSnapshot } from './rebuild.js';
+import { checkStoreBeforeFirstBuild, rebuildIndex, type StoreSnapshot } from '../scanner/index.js';
 
 export type ServiceOptions = StoreOptions;
 

@@ -1,10 +1,10 @@
 import { access } from 'node:fs/promises';
 import { logger } from '../common/log.js';
-import { STORE_META_KEY } from '../scanner/scanner.js';
+import { STORE_META_KEY } from './scanner.js';
 import type { Index, IndexedLayer, MountRecord, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { recoverMountRecords } from '../usage/mounttable.js';
-import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from '../scanner/readiness.js';
+import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from './readiness.js';
 
 export interface StoreSnapshot {
   layers: Map<string, LayerRecord>;

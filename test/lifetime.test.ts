@@ -247,6 +247,53 @@ for (const driver of ['overlay', 'fuse'] as const) {
   });
 }
 
+/** A child process stopped by its own SIGSTOP (LAYERFS_PAUSE_AT). */
+async function stopped(pid: number): Promise<boolean> {
+  const st = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) === 'T';
+}
+
+test('a removal racing a mount on another host: a lease written before the records are retired keeps the layers; a mount after that is refused', async () => {
+  const { dir, shared, w, r } = await hosts();
+  await image(dir, 'race:1', 'race');
+  await cliOk(['image', 'import', path.join(dir, 'oci-race')], w);
+  const layers = await layersOf(w, 'race:1');
+  await cliOk(['scan'], r);
+  // 1. the writer has read the leases (none) and decided to delete; the reader mounts right then
+  const rm1 = cliSpawn(['image', 'rm', 'race:1'], { ...w, LAYERFS_PAUSE_AT: 'removal:checked' });
+  let out1 = '';
+  rm1.stdout!.on('data', (c) => (out1 += c));
+  const done1 = new Promise((res) => rm1.on('exit', res));
+  await waitFor('the removal to pause after its checks', () => stopped(rm1.pid!));
+  const m = path.join(dir, 'm');
+  mounts.push(m);
+  await cliOk(['mount', 'race:1', m, '--ro', '--driver', 'overlay'], r);
+  rm1.kill('SIGCONT');
+  await done1;
+  assert.equal(rm1.exitCode, 0);
+  assert.match(out1, /kept 2 layers: used by host/, 'the second look at the leases saw the reader');
+  assert.deepEqual(await storeLayers(shared), [...layers].sort());
+  assert.equal(await readFile(path.join(m, 'app', 'race'), 'utf8'), 'hello from race\n');
+  await cliOk(['umount', m], r);
+
+  // 2. the records are retired; a mount now is refused, and the layers go
+  await image(dir, 'race:2', 'race2');
+  await cliOk(['image', 'import', path.join(dir, 'oci-race2')], w);
+  await cliOk(['scan'], r);
+  const rm2 = cliSpawn(['prune'], { ...w, LAYERFS_PAUSE_AT: 'removal:retired' });
+  const done2 = new Promise((res) => rm2.on('exit', res));
+  // prune sees race:1's layers (unused now); race:2 keeps its own
+  await waitFor('the prune to pause with the records retired', () => stopped(rm2.pid!));
+  // (the reader's scan dropped the image record; its index still has the layers: view one of them)
+  const refused = await cli(['layer', 'mount', layers[1]!, m], r);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, new RegExp(`layer ${layers[1]}: is being removed from the shared store`));
+  rm2.kill('SIGCONT');
+  await done2;
+  assert.equal(rm2.exitCode, 0);
+  assert.deepEqual(await storeLayers(shared), (await layersOf(w, 'race:2')).sort());
+});
+
 const CRASHES = [
   { cmd: 'image rm', point: 'removal:retired' },
   { cmd: 'image rm', point: 'removal:destroyed-one' },

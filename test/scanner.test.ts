@@ -113,12 +113,12 @@ describe('shared store across hosts', () => {
       assert.match(second.stderr, /daemon on .*hostB: already running/);
 
       const id = (await cliOk(['image', 'import', path.join(scratch, 'oci1')], A)).trim();
-      const seen = await waitFor(
+      // how soon is scripts/bench-scan.sh's to measure; here the reader's daemon must list it, on a busy machine too
+      await waitFor(
         'the reader to list the image',
         async () => (JSON.parse(await cliOk(['image', 'ls', '--json', '--role', 'reader'], B)) as { id: string }[]).some((i) => i.id === id),
-        10_000,
+        60_000,
       );
-      assert.ok(seen.waited <= 2 * 500 + 700, `listed after ${seen.waited} ms (two intervals are 1000 ms; CLI start-up is the rest)`);
       const layers = JSON.parse(await cliOk(['layer', 'ls', '--json'], B)) as { id: string; missing?: boolean }[];
       assert.equal(layers.length, 2);
       // the reader's RO symlinks point into the shared store; the data reads through them

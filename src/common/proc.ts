@@ -36,9 +36,11 @@ export function processAlive(pid: number): boolean {
 }
 
 /**
- * A crash test's hook: when LAYERFS_CRASH_AT names this point, the process kills itself with SIGKILL right here
- * (a real kill -9 at a known step, where a test killing from outside could only hope to land).
+ * A test's hook at a known step: when LAYERFS_CRASH_AT names it, the process kills itself with SIGKILL right here
+ * (a real kill -9 where a test killing from outside could only hope to land); when LAYERFS_PAUSE_AT names it, the
+ * process stops itself (SIGSTOP) until the test, having done something at that very moment, sends SIGCONT.
  */
-export function crashPoint(name: string): void {
+export function testPoint(name: string): void {
   if (process.env.LAYERFS_CRASH_AT === name) process.kill(process.pid, 'SIGKILL');
+  if (process.env.LAYERFS_PAUSE_AT === name) process.kill(process.pid, 'SIGSTOP');
 }

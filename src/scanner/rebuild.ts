@@ -3,7 +3,7 @@ import { logger } from '../common/log.js';
 import { STORE_META_KEY } from './scanner.js';
 import type { Index, IndexedLayer, MountRecord, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
-import { recoverMountRecords } from '../usage/mounttable.js';
+import { recoverMountRecords } from '../usage/index.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from './readiness.js';
 
 export interface StoreSnapshot {

@@ -14,7 +14,7 @@
  */
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
-import { crashPoint } from '../common/proc.js';
+import { testPoint } from '../common/proc.js';
 import type { Index, IndexedLayer } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { describeLease, Leases, type HostLease, type LeaseIo } from './leases.js';
@@ -174,6 +174,7 @@ export class Lifetime {
         }
       }
     }
+    testPoint('removal:checked');
     let kept: KeptLayer[] = [];
     // a kept layer's users as people need them: what keeps it from outside the candidates (its kept children
     // only where nothing else does)
@@ -193,19 +194,22 @@ export class Lifetime {
       const retired: string[] = [];
       for (const id of order) if (await this.store.retireLayer(id)) retired.push(id);
       this.io.writes += order.length;
-      crashPoint('removal:retired');
+      testPoint('removal:retired');
       // leases again, after the records left their names: a host that leased a layer meanwhile keeps it
       const late = await this.leases.othersByLayer((await this.leases.renew({ force: true }))!);
       const restore = new Set(retired.filter((id) => late.has(id)));
+      // a restored layer keeps its parents (a `layer mount` view leases one layer, not its chain)
+      const retiredSet = new Set(retired);
+      for (const id of [...restore]) for (const p of chainIds(w.layers, id).slice(1)) if (retiredSet.has(p)) restore.add(p);
       for (const id of restore) {
         await this.store.restoreRetired(id);
-        kept.push({ id, users: hostUsers(late.get(id)) });
+        kept.push({ id, users: late.has(id) ? hostUsers(late.get(id)) : (w.children.get(id) ?? []).filter((c) => restore.has(c)).map((c) => ({ kind: 'layer' as const, ref: c })) });
         logger().info({ layer: id }, 'removal: a host leased the layer meanwhile: restored');
       }
       for (const id of order) {
         if (restore.has(id)) continue;
         await this.store.destroyLayer(id);
-        crashPoint('removal:destroyed-one');
+        testPoint('removal:destroyed-one');
         await this.index.delLayer(id);
         await this.store.unmark(id);
         this.io.writes += 2; // the layer's data (its names: data dir, short link, record, the tree), its mark

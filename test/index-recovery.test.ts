@@ -52,8 +52,8 @@ describe('index rebuild recovers mount records from the mount table', () => {
 
   before(async () => {
     scratch = await mkdtemp(path.join(os.tmpdir(), 'layerfs-recover-'));
-    A = { LAYERFS_ROOT: path.join(scratch, 'rootA'), LAYERFS_SHARED: path.join(scratch, 'nfsA') };
-    B = { LAYERFS_ROOT: path.join(scratch, 'rootB'), LAYERFS_SHARED: path.join(scratch, 'nfsB') };
+    A = { LAYERFS_ROOT: path.join(scratch, 'rootA'), LAYERFS_SHARED: path.join(scratch, 'nfsA'), LAYERFS_ROLE: 'writer' };
+    B = { LAYERFS_ROOT: path.join(scratch, 'rootB'), LAYERFS_SHARED: path.join(scratch, 'nfsB'), LAYERFS_ROLE: 'writer' };
     await writeOciLayout(path.join(scratch, 'oci-two'), [{ image: await makeImage(TWO), name: 'rec/two' }]);
     await writeOciLayout(path.join(scratch, 'oci-one'), [{ image: await makeImage(ONE), name: 'rec/one' }]);
     for (const env of [A, B]) for (const oci of ['oci-two', 'oci-one']) await cliOk(['image', 'import', path.join(scratch, oci)], env);

@@ -10,13 +10,15 @@ export interface CliResult {
   code: number;
   stdout: string;
   stderr: string;
+  /** The signal that ended the process, if one did (then `code` is 1). */
+  signal: NodeJS.Signals | null;
 }
 
 export function cli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   return new Promise((resolve) => {
     execFile(process.execPath, [cliEntry, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
-      resolve({ code, stdout, stderr });
+      resolve({ code, stdout, stderr, signal: (err as { signal?: NodeJS.Signals } | null)?.signal ?? null });
     });
   });
 }

@@ -37,6 +37,9 @@ export interface SnapshotRecord {
   layer: string | null;
 }
 
+const INDEX_VERSION_KEY = 'index.v';
+const INDEX_VERSION = 2;
+
 type Sub = ReturnType<Level<string, unknown>['sublevel']>;
 
 /**
@@ -68,7 +71,9 @@ export class Index {
       const db = new Level<string, unknown>(dir, { valueEncoding: 'json' });
       try {
         await db.open();
-        return new Index(db, !existed);
+        const index = new Index(db, !existed);
+        await index.upgrade();
+        return index;
       } catch (err) {
         const cause = (err as { cause?: { code?: string; message?: string } }).cause;
         const msg = `${(err as Error).message} ${cause?.message ?? ''}`;
@@ -85,23 +90,74 @@ export class Index {
     }
   }
 
+  /** Build what an index of an older layout lacks (the reverse maps), once. */
+  private async upgrade(): Promise<void> {
+    if ((await this.getMeta<number>(INDEX_VERSION_KEY)) === INDEX_VERSION) return;
+    for (const s of ['rw', 'child', 'ref'] as const) await this.sub(s).clear();
+    for (const l of await this.listLayers()) await this.putLayer(l);
+    for (const i of await this.listImages()) if (i.layers.length) await this.sub('ref').batch(i.layers.map((l) => ({ type: 'put', key: `${l}/${i.id}`, value: 1 })) as never);
+    await this.putMeta(INDEX_VERSION_KEY, INDEX_VERSION);
+  }
+
   async close(): Promise<void> {
     await this.db.close();
   }
 
-  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot'): Sub {
+  /**
+   * Reverse maps, derived from the layer and image records and kept with them, so that "who uses this layer"
+   * costs O(its users), not a walk of every record: `rw` (RW layer ids), `child` (`<parent>/<child>`), `ref`
+   * (`<layer>/<image>`). An index made before them gets them built once at open (`meta` key `index.v`).
+   */
+  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'child' | 'ref'): Sub {
     return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
   }
 
   // ---- layers
   async putLayer(rec: IndexedLayer): Promise<void> {
     await this.sub('layer').put(rec.id, rec);
+    if (rec.rw) await this.sub('rw').put(rec.id, 1);
+    if (rec.parent) await this.sub('child').put(`${rec.parent}/${rec.id}`, 1);
   }
   async getLayer(id: string): Promise<IndexedLayer | undefined> {
     return (await this.sub('layer').get(id)) as IndexedLayer | undefined;
   }
   async delLayer(id: string): Promise<void> {
+    const rec = await this.getLayer(id);
     await this.sub('layer').del(id);
+    await this.sub('rw').del(id);
+    if (rec?.parent) await this.sub('child').del(`${rec.parent}/${id}`);
+  }
+  /** Every layer id (keys only: much cheaper than the records). */
+  async layerIds(): Promise<Set<string>> {
+    return new Set((await this.sub('layer').keys().all()) as string[]);
+  }
+  async imageIds(): Promise<Set<string>> {
+    return new Set((await this.sub('image').keys().all()) as string[]);
+  }
+  /** Up to `limit` layers whose id starts with `prefix` (a key range: O(hits), not a walk). */
+  async layersByPrefix(prefix: string, limit = 2): Promise<IndexedLayer[]> {
+    return (await this.sub('layer').values({ gte: prefix, lt: `${prefix}\uffff`, limit }).all()) as IndexedLayer[];
+  }
+  /** Up to `limit` images whose id starts with `prefix`. */
+  async imagesByPrefix(prefix: string, limit = 2): Promise<ImageRecord[]> {
+    return (await this.sub('image').values({ gte: prefix, lt: `${prefix}\uffff`, limit }).all()) as ImageRecord[];
+  }
+  /** RW layers (this host's containers): O(their number). */
+  async listRWLayers(): Promise<IndexedLayer[]> {
+    const out: IndexedLayer[] = [];
+    for (const id of (await this.sub('rw').keys().all()) as string[]) {
+      const rec = await this.getLayer(id);
+      if (rec) out.push(rec);
+    }
+    return out;
+  }
+  /** Ids of the layers (RO and RW) whose parent is `id`. */
+  async childrenOf(id: string): Promise<string[]> {
+    return ((await this.sub('child').keys({ gt: `${id}/`, lt: `${id}0` }).all()) as string[]).map((k) => k.slice(id.length + 1));
+  }
+  /** Ids of the images whose layers include `id`. */
+  async imagesUsing(id: string): Promise<string[]> {
+    return ((await this.sub('ref').keys({ gt: `${id}/`, lt: `${id}0` }).all()) as string[]).map((k) => k.slice(id.length + 1));
   }
   async listLayers(): Promise<IndexedLayer[]> {
     return (await this.sub('layer').values().all()) as IndexedLayer[];
@@ -119,6 +175,8 @@ export class Index {
     for (const n of rec.names) ops.push({ type: 'put', key: n, value: rec.id });
     await this.sub('image').put(rec.id, rec);
     if (ops.length) await names.batch(ops as never);
+    const refs = [...(old?.layers ?? []).filter((l) => !rec.layers.includes(l)).map((l) => ({ type: 'del', key: `${l}/${rec.id}` })), ...rec.layers.map((l) => ({ type: 'put', key: `${l}/${rec.id}`, value: 1 }))];
+    if (refs.length) await this.sub('ref').batch(refs as never);
   }
   async getImage(id: string): Promise<ImageRecord | undefined> {
     return (await this.sub('image').get(id)) as ImageRecord | undefined;
@@ -129,6 +187,7 @@ export class Index {
     const names = this.sub('name');
     for (const n of rec.names) if ((await names.get(n)) === id) await names.del(n);
     await this.sub('image').del(id);
+    if (rec.layers.length) await this.sub('ref').batch(rec.layers.map((l) => ({ type: 'del', key: `${l}/${id}` })) as never);
   }
   async listImages(): Promise<ImageRecord[]> {
     return (await this.sub('image').values().all()) as ImageRecord[];
@@ -206,6 +265,7 @@ export class Index {
 
   /** Drop everything derived from the store (before a rebuild); mount records are kept (refs, times: the mount table cannot tell them); the rebuild adds those of live mounts it lacks. */
   async clear(): Promise<void> {
-    for (const s of ['layer', 'image', 'name', 'meta'] as const) await this.sub(s).clear();
+    for (const s of ['layer', 'image', 'name', 'meta', 'rw', 'child', 'ref'] as const) await this.sub(s).clear();
+    await this.putMeta(INDEX_VERSION_KEY, INDEX_VERSION);
   }
 }

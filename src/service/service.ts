@@ -76,9 +76,9 @@ export class Service {
     }
     const prefix = idPrefix(ref);
     if (prefix) {
-      const hits = (await this.index.listImages()).filter((i) => i.id.startsWith(prefix));
+      const hits = await this.index.imagesByPrefix(prefix);
       if (hits.length === 1) return hits[0]!;
-      if (hits.length > 1) throw new LayerfsError('EUSAGE', `image ${ref}`, `ambiguous: matches ${hits.length} images`);
+      if (hits.length > 1) throw new LayerfsError('EUSAGE', `image ${ref}`, 'ambiguous: matches several images');
     }
     throw new LayerfsError('EIMAGENOTFOUND', `image ${ref}`, 'no such image');
   }
@@ -113,14 +113,17 @@ export class Service {
     const rwRemoved: string[] = [];
     if (opts.rwOlderThanMs !== undefined) {
       const users = await localUsers(this.index);
-      for (const l of await this.index.listLayers()) {
-        if (!l.rw || users.has(l.id)) continue;
+      for (const l of await this.index.listRWLayers()) {
+        if (users.has(l.id)) continue;
         if (Date.now() - (await this.store.rwLayerChangedAt(l.id)) < opts.rwOlderThanMs) continue;
         if (!dryRun) await driverFor('overlay', this.store, this.index).remove(l.id);
         rwRemoved.push(l.id);
       }
     }
-    const r = await this.store.withWriteLock(`prune${dryRun ? ' --dry-run' : ''}`, () => this.lifetime.collect({ all: true, dryRun }));
+    const r = await this.store.withWriteLock(`prune${dryRun ? ' --dry-run' : ''}`, async () => {
+      if (!dryRun) for (const base of [this.store.shared, this.store.root]) await this.store.removeStaleTemps(base, { deep: true });
+      return this.lifetime.collect({ all: true, dryRun });
+    });
     if (!dryRun) await this.lifetime.usersChanged();
     return { ...r, rwRemoved };
   }
@@ -158,11 +161,12 @@ export class Service {
     if (prefix) {
       const exact = await this.index.getLayer(prefix);
       if (exact) return exact;
-      const hits = (await this.index.listLayers()).filter((l) => l.id.startsWith(prefix));
+      const hits = await this.index.layersByPrefix(prefix);
       if (hits.length === 1) return hits[0]!;
-      if (hits.length > 1) throw new LayerfsError('EUSAGE', `layer ${ref}`, `ambiguous: matches ${hits.length} layers`);
+      if (hits.length > 1) throw new LayerfsError('EUSAGE', `layer ${ref}`, 'ambiguous: matches several layers');
     }
-    const byName = (await this.index.listLayers()).find((l) => l.name === ref);
+    // names are RW layers' (`--name`)
+    const byName = (await this.index.listRWLayers()).find((l) => l.name === ref);
     if (byName) return byName;
     throw new LayerfsError('ELAYERNOTFOUND', `layer ${ref}`, 'no such layer');
   }
@@ -242,7 +246,7 @@ export class Service {
         const mountpoint = await d.mountRO(img.topLayer, target);
         return { layer: img.topLayer, mountpoint, driver: d.name };
       }
-      const named = opts.name ? (await this.index.listLayers()).find((l) => l.rw && l.name === opts.name) : undefined;
+      const named = opts.name ? (await this.index.listRWLayers()).find((l) => l.name === opts.name) : undefined;
       if (named) {
         if (named.parent !== img.topLayer) throw new LayerfsError('EEXIST', `RW layer ${opts.name}`, `exists on another image (parent layer ${named.parent ?? 'none'}, not ${img.topLayer ?? 'none'}): choose another name, or remove it with \`layerfs layer rm ${named.id}\``);
         return await this.mountRW(d, named, target, opts);

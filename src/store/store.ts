@@ -27,6 +27,8 @@ export interface StoreMarker {
   storeId: string;
   created: string;
   writer: { hostId: string; hostname: string; since: string };
+  /** 1 once every layer's `refs/` holds its users (see `addRefs`); a writer builds them once for an older store. */
+  refs?: 1;
 }
 
 /** `<root>/host.json`: this root's identity, made once. */
@@ -203,7 +205,8 @@ export class Store {
     }
     if (s.role === 'writer') {
       await mkdir(path.join(s.shared, 'overlay', 'l'), { recursive: true });
-      const m = marker ?? (await s.createMarker());
+      let m = marker ?? (await s.createMarker());
+      if (!m.refs) m = await s.buildRefs(m);
       if (m.writer.hostId !== hostId) {
         logger().warn(
           { shared, hostId, recordedWriter: m.writer },
@@ -212,6 +215,58 @@ export class Store {
       }
     }
     return s;
+  }
+
+  // ---- who uses a layer, next to it: `overlay-layers/<id>/refs/{image-<id>,layer-<child>}` ------------------
+  /**
+   * Each RO layer's record dir holds an empty file per image that lists it and per RO layer on top of it, written
+   * before that image or child is published and removed after it is gone. So a removal learns what uses a layer,
+   * across writers, from one readdir of the layer's own dir (src/usage), never by reading every record.
+   * A ref whose image or child is gone (a crash between the two steps) is stale: the reader checks and drops it.
+   */
+  private refsDir(layer: string): string {
+    return this.sharedPath('overlay-layers', layer, 'refs');
+  }
+
+  async addRefs(layers: string[], ref: string): Promise<void> {
+    for (const l of layers) {
+      await mkdir(this.refsDir(l), { recursive: true });
+      await writeFile(path.join(this.refsDir(l), ref), '');
+    }
+  }
+
+  async dropRefs(layers: string[], ref: string): Promise<void> {
+    for (const l of layers) await rm(path.join(this.refsDir(l), ref), { force: true });
+  }
+
+  /** A layer's refs: `{kind: 'image' | 'layer', id}` (one readdir). */
+  async listRefs(layer: string): Promise<{ kind: 'image' | 'layer'; id: string; ref: string }[]> {
+    const out: { kind: 'image' | 'layer'; id: string; ref: string }[] = [];
+    for (const n of await readdir(this.refsDir(layer)).catch(() => [] as string[])) {
+      const m = /^(image|layer)-([0-9a-f]{64})$/.exec(n);
+      if (m) out.push({ kind: m[1] as 'image' | 'layer', id: m[2]!, ref: n });
+    }
+    return out;
+  }
+
+  /** Whether an image's record has its final name (one stat). */
+  async imagePublished(id: string): Promise<boolean> {
+    return exists(this.sharedPath('overlay-images', id, 'image.json'));
+  }
+
+  /** Refs for a store made before them (once, by a writer): every image's and every layer's, then the marker says so. */
+  private async buildRefs(m: StoreMarker): Promise<StoreMarker> {
+    for (const id of (await this.listSharedIds('overlay-images')).ids) {
+      const rec = await this.readSharedImage(id).catch(() => null);
+      if (rec) await this.addRefs(rec.layers.filter((l) => isLayerId(l)), `image-${id}`);
+    }
+    for (const id of (await this.listSharedIds('overlay-layers')).ids) {
+      const rec = await this.readSharedLayer(id).catch(() => null);
+      if (rec?.parent) await this.addRefs([rec.parent], `layer-${id}`);
+    }
+    const next: StoreMarker = { ...m, refs: 1 };
+    await writeFileAtomic(this.markerFile, JSON.stringify(next, null, 2) + '\n');
+    return next;
   }
 
   // ---- the store marker --------------------------------------------------------------------------
@@ -372,8 +427,11 @@ export class Store {
     }
   }
 
-  /** Remove `.tmp-*` entries under a store's kind dirs (shared: with the writer lock held; root: at start). */
-  async removeStaleTemps(base: string = this.root): Promise<void> {
+  /**
+   * Remove `.tmp-*` entries under a store's kind dirs (shared: with the writer lock held; root: at start); `deep`
+   * (prune) also inside every record dir.
+   */
+  async removeStaleTemps(base: string = this.root, opts: { deep?: boolean } = {}): Promise<void> {
     for (const kind of KINDS) {
       let names: string[];
       try {
@@ -388,8 +446,9 @@ export class Store {
           await rm(path.join(base, kind, n), { recursive: true, force: true });
         }
       }
-      if (kind === 'overlay-layers' || kind === 'overlay-images') {
-        // atomic-write leftovers inside record dirs
+      if (opts.deep && (kind === 'overlay-layers' || kind === 'overlay-images')) {
+        // atomic-write leftovers inside record dirs: one readdir per record, so only `prune` looks (they are
+        // harmless meanwhile: nothing reads a `.tmp-` name)
         // (real dirs only: the RO symlinks of a root lead to the shared store, one NFS readdir each)
         for (const d of await readdir(path.join(base, kind), { withFileTypes: true })) {
           const n = d.name;
@@ -428,6 +487,7 @@ export class Store {
     }
     // a data dir without layer.json is a leftover of a crash between the two steps: replace it
     if (await exists(dataDir)) await this.moveAsideAndRemove(dataDir);
+    if (rec.parent) await this.addRefs([rec.parent], `layer-${rec.id}`);
     const short = await this.makeShortLink(rec.id);
     await writeFile(path.join(tmp, 'link'), short);
     await rename(tmp, dataDir);
@@ -512,6 +572,8 @@ export class Store {
    * left without a record (a crash between the steps of an older removal).
    */
   async destroyLayer(id: string): Promise<void> {
+    const retired = await readFile(this.sharedPath('overlay-layers', `${RETIRE_PREFIX}${id}`, 'layer.json'), 'utf8').catch(() => null);
+    const parent = retired ? parseLayerRecord(retired)?.parent : null;
     const dataDir = this.sharedPath('overlay', id);
     const short = await readFile(path.join(dataDir, 'link'), 'utf8').catch(() => null);
     let aside: string | null = null;
@@ -522,6 +584,7 @@ export class Store {
     if (short) await rm(this.sharedPath('overlay', 'l', short.trim()), { force: true });
     await rm(this.sharedPath('overlay-layers', `${RETIRE_PREFIX}${id}`), { recursive: true, force: true });
     if (aside) await rm(aside, { recursive: true, force: true });
+    if (parent) await this.dropRefs([parent], `layer-${id}`);
   }
 
   /** Drop a retired record whose layer was published again meanwhile (the new data dir stays). */
@@ -610,6 +673,7 @@ export class Store {
   /** Write an image record (with its manifest and config blobs) last, after all its layers. */
   async publishImage(rec: ImageRecord, manifest: Buffer, config: Buffer): Promise<void> {
     const dir = this.sharedPath('overlay-images', rec.id);
+    await this.addRefs(rec.layers, `image-${rec.id}`);
     if (await exists(path.join(dir, 'image.json'))) {
       await writeFileAtomic(path.join(dir, 'image.json'), JSON.stringify(rec, null, 2));
       // readers' scanners look into image dirs only when overlay-images/ itself changed: tell them
@@ -642,8 +706,10 @@ export class Store {
 
   async removeImage(id: string): Promise<void> {
     await this.unlinkLocal(id, 'image');
+    const rec = await this.readSharedImage(id).catch(() => null);
     const dir = this.sharedPath('overlay-images', id);
     if (await exists(dir)) await this.moveAsideAndRemove(dir);
+    if (rec) await this.dropRefs(rec.layers, `image-${id}`);
   }
 
   // ---- RW layers (local root only) ---------------------------------------------------------------

@@ -1,4 +1,4 @@
 export { Lifetime, describeKept, type KeptLayer, type RemovalReport } from './lifetime.js';
 export { Leases, leaseTtlMs, describeLease, type Lease, type HostLease, type LeaseIo } from './leases.js';
-export { localUsers, describeUsers, chainIds, type LayerUser, type UserKind } from './users.js';
+export { localUsers, describeUsers, type LayerUser, type UserKind } from './users.js';
 export { recoverMountRecords } from './mounttable.js';

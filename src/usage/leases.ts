@@ -48,7 +48,7 @@ export interface LeaseIo {
 }
 
 const SELF_KEY = 'lease.self';
-const CACHE_KEY = 'lease.cache';
+const CACHE_PREFIX = 'lease.host.';
 
 interface SelfState {
   seq: number;
@@ -59,7 +59,11 @@ interface SelfState {
   storeNow: number;
 }
 
-type Cache = Record<string, { mtimeMs: number; size: number; lease: Lease | null }>;
+interface CacheEntry {
+  mtimeMs: number;
+  size: number;
+  lease: Lease | null;
+}
 
 export function leaseTtlMs(): number {
   const env = Number(process.env.LAYERFS_LEASE_TTL);
@@ -78,6 +82,8 @@ export function describeLease(l: Pick<Lease, 'mounts' | 'containers' | 'snapshot
 export class Leases {
   readonly io: LeaseIo = { writes: 0, reads: 0, stats: 0, readdirs: 0 };
   readonly ttlMs = leaseTtlMs();
+  /** Parsed leases this process has read, by host (the daemon keeps it across passes). */
+  private readonly cache = new Map<string, CacheEntry>();
 
   constructor(
     private readonly store: Store,
@@ -87,7 +93,7 @@ export class Leases {
   /** What this host's lease should say now: its local users' RO layers (plus `extra`, a mount about to be made). */
   private async current(extra: string[] = []): Promise<Omit<Lease, 'seq' | 'written'>> {
     const users = await localUsers(this.index);
-    const rw = new Set((await this.index.listLayers()).filter((l) => l.rw).map((l) => l.id));
+    const rw = new Set((await this.index.listRWLayers()).map((l) => l.id));
     const layers = new Set(extra);
     for (const id of users.keys()) if (!rw.has(id)) layers.add(id);
     const mounts = (await this.index.listMounts()).length;
@@ -123,12 +129,11 @@ export class Leases {
     this.io.readdirs++;
     const files = await this.store.listLeases();
     this.io.stats += files.length;
-    const cache = (await this.index.getMeta<Cache>(CACHE_KEY)) ?? {};
-    const next: Cache = {};
-    let changed = files.length !== Object.keys(cache).length;
     const out: HostLease[] = [];
     for (const f of files) {
-      let c = cache[f.host];
+      // the parsed lease of each host is kept in the index under its own key, rewritten only when it changed
+      const key = `${CACHE_PREFIX}${f.host}`;
+      let c = this.cache.get(f.host) ?? (await this.index.getMeta<CacheEntry>(key)) ?? undefined;
       if (!c || c.mtimeMs !== f.mtimeMs || c.size !== f.size) {
         this.io.reads++;
         const text = await this.store.readLease(f.host);
@@ -137,17 +142,16 @@ export class Leases {
           const l = JSON.parse(text ?? '') as Lease;
           if (l && l.v === 1 && Array.isArray(l.layers)) lease = l;
         } catch {
-          /* a lease that does not parse protects nothing: reported by `host ls` */
+          /* a lease that does not parse protects nothing */
         }
         c = { mtimeMs: f.mtimeMs, size: f.size, lease };
-        changed = true;
+        if (f.host !== this.store.hostId) await this.index.putMeta(key, c);
       }
-      next[f.host] = c;
+      this.cache.set(f.host, c);
       if (!c.lease) continue;
       const ageMs = Math.max(0, storeNow - f.mtimeMs);
       out.push({ ...c.lease, host: f.host, ageMs, expired: ageMs > this.ttlMs, self: f.host === this.store.hostId });
     }
-    if (changed) await this.index.putMeta(CACHE_KEY, next);
     return out;
   }
 
@@ -167,6 +171,8 @@ export class Leases {
 
   async forget(host: string): Promise<boolean> {
     const gone = await this.store.removeLease(host);
+    this.cache.delete(host);
+    await this.index.putMeta(`${CACHE_PREFIX}${host}`, null);
     if (host === this.store.hostId) await this.index.putMeta(SELF_KEY, null);
     return gone;
   }

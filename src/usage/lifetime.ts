@@ -15,10 +15,10 @@
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { testPoint } from '../common/proc.js';
-import type { Index, IndexedLayer } from '../index/index.js';
-import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
+import type { Index } from '../index/index.js';
+import type { LayerRecord, Store } from '../store/index.js';
 import { describeLease, Leases, type HostLease, type LeaseIo } from './leases.js';
-import { chainIds, describeUsers, localUsers, type LayerUser } from './users.js';
+import { describeUsers, localUsers, type LayerUser } from './users.js';
 
 export interface KeptLayer {
   id: string;
@@ -41,13 +41,83 @@ export function describeKept(kept: KeptLayer[]): string[] {
   return [...byWhy].map(([why, n]) => `kept ${n} layer${n === 1 ? '' : 's'}: used by ${why}`);
 }
 
-interface World {
-  layers: Map<string, IndexedLayer>;
-  /** Image records: the index's, plus those on the shared store the index does not know (another writer's). */
-  images: ImageRecord[];
-  local: Map<string, LayerUser[]>;
-  remote: Map<string, HostLease[]>;
-  children: Map<string, string[]>;
+/**
+ * What a pass knows, asked per layer: O(a layer's users), never a walk of every record. Images and child layers
+ * come from the layer's refs on the shared store (`shared`: what every writer published, checked against the
+ * records; a removal pass) or from the index's reverse maps (a look on any host); local users from the index;
+ * other hosts' uses from their leases.
+ */
+class World {
+  private readonly layerCache = new Map<string, LayerRecord | null>();
+  private readonly childCache = new Map<string, string[]>();
+  private readonly refCache = new Map<string, { images: string[]; children: string[] }>();
+  /** Refs whose image or child is gone (a crash between its two steps): the pass drops them. */
+  readonly stale: { layer: string; ref: string }[] = [];
+
+  constructor(
+    private readonly store: Store,
+    private readonly index: Index,
+    private readonly shared: boolean,
+    readonly local: Map<string, LayerUser[]>,
+    readonly remote: Map<string, HostLease[]>,
+    private readonly io: LeaseIo,
+  ) {}
+
+  async layer(id: string): Promise<LayerRecord | null> {
+    let rec = this.layerCache.get(id);
+    if (rec === undefined) {
+      rec = (await this.index.getLayer(id)) ?? (this.shared ? await this.store.readSharedLayer(id) : null) ?? null;
+      this.layerCache.set(id, rec);
+    }
+    return rec;
+  }
+
+  private async refs(id: string): Promise<{ images: string[]; children: string[] }> {
+    let r = this.refCache.get(id);
+    if (!r) {
+      r = { images: [], children: [] };
+      this.io.readdirs++;
+      for (const ref of await this.store.listRefs(id)) {
+        this.io.stats++;
+        const live = ref.kind === 'image' ? await this.store.imagePublished(ref.id) : await this.store.layerPublished(ref.id);
+        if (!live) this.stale.push({ layer: id, ref: ref.ref });
+        else (ref.kind === 'image' ? r.images : r.children).push(ref.id);
+      }
+      this.refCache.set(id, r);
+    }
+    return r;
+  }
+
+  /** The layer and its parents, top first. */
+  async chain(id: string): Promise<string[]> {
+    const out: string[] = [];
+    for (let cur: string | null = id, d = 0; cur && d < 10_000; d++) {
+      out.push(cur);
+      cur = (await this.layer(cur))?.parent ?? null;
+    }
+    return out;
+  }
+
+  /** RO layers on top of `id` (RW layers are local users, "RW layer ..."). */
+  async children(id: string): Promise<string[]> {
+    let list = this.childCache.get(id);
+    if (!list) {
+      list = [];
+      if (this.shared) list.push(...(await this.refs(id)).children);
+      else for (const c of await this.index.childrenOf(id)) if (!(await this.layer(c))?.rw) list.push(c);
+      this.childCache.set(id, list);
+    }
+    return list;
+  }
+
+  async images(id: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const i of this.shared ? (await this.refs(id)).images : await this.index.imagesUsing(id)) {
+      const rec = (await this.index.getImage(i)) ?? (this.shared ? await this.store.readSharedImage(i) : null);
+      out.push(rec?.names[0] ?? i);
+    }
+    return out;
+  }
 }
 
 const hostUsers = (leases: HostLease[] | undefined): LayerUser[] => (leases ?? []).map((l) => ({ kind: 'host', ref: `${l.hostname} (${l.host})`, detail: describeLease(l) }));
@@ -69,50 +139,21 @@ export class Lifetime {
   // ---- users ------------------------------------------------------------------------------------------------
   /** What keeps a layer. `remote`: also other hosts' leases (renews this host's lease to read the store's clock). */
   async usersOf(id: string, opts: { remote?: boolean } = {}): Promise<LayerUser[]> {
-    const w = await this.world({ remote: opts.remote ?? false, shared: false });
-    return this.usersIn(w, id);
+    return this.usersIn(await this.world({ remote: opts.remote ?? false, shared: false }), id);
   }
 
-  private usersIn(w: World, id: string, ignoreChildren: Set<string> = new Set()): LayerUser[] {
-    const out: LayerUser[] = [];
-    for (const i of w.images) if (i.layers.includes(id)) out.push({ kind: 'image', ref: i.names[0] ?? i.id });
-    for (const c of w.children.get(id) ?? []) if (!ignoreChildren.has(c)) out.push({ kind: 'layer', ref: c });
+  private async usersIn(w: World, id: string, ignoreChildren: Set<string> = new Set()): Promise<LayerUser[]> {
+    const out: LayerUser[] = (await w.images(id)).map((ref) => ({ kind: 'image', ref }));
+    for (const c of await w.children(id)) if (!ignoreChildren.has(c)) out.push({ kind: 'layer', ref: c });
     out.push(...(w.local.get(id) ?? []), ...hostUsers(w.remote.get(id)));
     return out;
   }
 
   private async world(opts: { remote: boolean; shared: boolean }): Promise<World> {
-    const layers = new Map((await this.index.listLayers()).map((l) => [l.id, l] as const));
-    const images = await this.index.listImages();
-    if (opts.shared) {
-      // another writer may have published images and layers this host's index does not know: one readdir each,
-      // and a read of each unknown record (normally none)
-      const known = new Set(images.map((i) => i.id));
-      this.io.readdirs += 2;
-      for (const id of (await this.store.listSharedIds('overlay-images')).ids) {
-        if (known.has(id)) continue;
-        this.io.reads++;
-        const rec = await this.store.readSharedImage(id);
-        if (rec) images.push(rec);
-      }
-      for (const id of (await this.store.listSharedIds('overlay-layers')).ids) {
-        if (layers.has(id)) continue;
-        this.io.reads++;
-        const rec = await this.store.readSharedLayer(id);
-        if (rec && !rec.rw) layers.set(id, rec);
-      }
-    }
-    const children = new Map<string, string[]>();
-    for (const l of layers.values()) {
-      if (!l.parent || l.rw) continue; // RW layers are local users ("RW layer ..."), not children
-      const list = children.get(l.parent);
-      if (list) list.push(l.id);
-      else children.set(l.parent, [l.id]);
-    }
     const local = await localUsers(this.index);
     let remote = new Map<string, HostLease[]>();
     if (opts.remote) remote = await this.leases.othersByLayer((await this.leases.renew({ force: true }))!);
-    return { layers, images, local, remote, children };
+    return new World(this.store, this.index, opts.shared, local, remote, this.io);
   }
 
   // ---- mounts ------------------------------------------------------------------------------------------------
@@ -154,9 +195,15 @@ export class Lifetime {
     const w = await this.world({ remote: true, shared: true });
     this.io.readdirs++;
     const marked = new Set(await this.store.markedLayers());
-    const cands = new Set<string>(opts.all ? [...w.layers.values()].filter((l) => !l.rw).map((l) => l.id) : (opts.candidates ?? [...marked]));
+    let all: string[] = [];
+    if (opts.all) {
+      // every RO layer: the index's, and any on the store it does not know (another writer's; prune may be O(store))
+      const known = await this.index.layerIds();
+      all = [...(await this.index.listLayers()).filter((l) => !l.rw).map((l) => l.id), ...(await this.store.listSharedIds('overlay-layers')).ids.filter((id) => !known.has(id))];
+    }
+    const cands = new Set<string>(opts.all ? all : (opts.candidates ?? [...marked]));
     for (const id of [...cands]) {
-      const l = w.layers.get(id);
+      const l = await w.layer(id);
       if (!l || l.rw) {
         cands.delete(id);
         if (!l && !dryRun && marked.has(id) && !(await this.store.layerPublished(id))) await this.store.unmark(id); // already gone
@@ -164,11 +211,11 @@ export class Lifetime {
     }
     // removable: candidates used by nothing but other removable candidates (their children), to a fixpoint
     const removable = new Set<string>();
-    for (const id of cands) if (this.usersIn(w, id, cands).length === 0) removable.add(id);
+    for (const id of cands) if ((await this.usersIn(w, id, cands)).length === 0) removable.add(id);
     for (let changed = true; changed; ) {
       changed = false;
       for (const id of removable) {
-        if ((w.children.get(id) ?? []).some((c) => !removable.has(c))) {
+        if ((await w.children(id)).some((c) => !removable.has(c))) {
           removable.delete(id);
           changed = true;
         }
@@ -180,17 +227,19 @@ export class Lifetime {
     // only where nothing else does)
     for (const id of cands) {
       if (removable.has(id)) continue;
-      const outside = this.usersIn(w, id, cands);
-      kept.push({ id, users: outside.length ? outside : this.usersIn(w, id, removable) });
+      const outside = await this.usersIn(w, id, cands);
+      kept.push({ id, users: outside.length ? outside : await this.usersIn(w, id, removable) });
     }
     // prune looks at every layer: those an image holds are not news
     if (opts.all) kept = kept.filter((k) => !k.users.some((u) => u.kind === 'image'));
     // deepest first, so no layer is ever left without its parent
-    const depth = (id: string) => chainIds(w.layers, id).length;
-    const order = [...removable].sort((a, b) => depth(b) - depth(a));
+    const depth = new Map<string, number>();
+    for (const id of removable) depth.set(id, (await w.chain(id)).length);
+    const order = [...removable].sort((a, b) => depth.get(b)! - depth.get(a)!);
     const removed: string[] = [];
     if (dryRun) removed.push(...order);
     else {
+      for (const st of w.stale) await this.store.dropRefs([st.layer], st.ref);
       const retired: string[] = [];
       for (const id of order) if (await this.store.retireLayer(id)) retired.push(id);
       this.io.writes += order.length;
@@ -200,10 +249,10 @@ export class Lifetime {
       const restore = new Set(retired.filter((id) => late.has(id)));
       // a restored layer keeps its parents (a `layer mount` view leases one layer, not its chain)
       const retiredSet = new Set(retired);
-      for (const id of [...restore]) for (const p of chainIds(w.layers, id).slice(1)) if (retiredSet.has(p)) restore.add(p);
+      for (const id of [...restore]) for (const p of (await w.chain(id)).slice(1)) if (retiredSet.has(p)) restore.add(p);
       for (const id of restore) {
         await this.store.restoreRetired(id);
-        kept.push({ id, users: late.has(id) ? hostUsers(late.get(id)) : (w.children.get(id) ?? []).filter((c) => restore.has(c)).map((c) => ({ kind: 'layer' as const, ref: c })) });
+        kept.push({ id, users: late.has(id) ? hostUsers(late.get(id)) : (await w.children(id)).filter((c) => restore.has(c)).map((c) => ({ kind: 'layer' as const, ref: c })) });
         logger().info({ layer: id }, 'removal: a host leased the layer meanwhile: restored');
       }
       for (const id of order) {
@@ -255,7 +304,7 @@ export class Lifetime {
   /** Remove one RO layer now, refusing (naming them) if anything uses it. */
   async removeLayer(rec: LayerRecord): Promise<RemovalReport> {
     const w = await this.world({ remote: true, shared: true });
-    const users = this.usersIn(w, rec.id);
+    const users = await this.usersIn(w, rec.id);
     if (users.length) throw new LayerfsError('EINUSE', `layer ${rec.id}`, `still used by ${describeUsers(users)}`);
     const r = await this.collect({ candidates: [rec.id] });
     if (!r.removed.includes(rec.id)) throw new LayerfsError('EINUSE', `layer ${rec.id}`, `still used by ${describeUsers(r.kept.find((k) => k.id === rec.id)?.users ?? [])}`);

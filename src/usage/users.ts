@@ -3,7 +3,7 @@
  * layer's, a read-only view of a chain, a view of one layer alone) and containerd snapshots. The index rebuild
  * restores all three from the disk and the mount table, so this answer survives an index loss.
  */
-import type { Index, IndexedLayer } from '../index/index.js';
+import type { Index } from '../index/index.js';
 
 export type UserKind = 'image' | 'layer' | 'container' | 'mount' | 'snapshot' | 'host';
 
@@ -21,20 +21,22 @@ export function describeUsers(users: LayerUser[]): string {
   return users.map((u) => `${name[u.kind]} ${u.ref}${u.detail ? ` (${u.detail})` : ''}`).join(', ');
 }
 
-/** A layer's chain (itself first, then its parents) through a map of known layers. */
-export function chainIds(byId: Map<string, IndexedLayer>, top: string | null): string[] {
-  const out: string[] = [];
-  for (let cur = top, d = 0; cur && d < 10_000; d++) {
-    out.push(cur);
-    cur = byId.get(cur)?.parent ?? null;
-  }
-  return out;
-}
-
-/** Every local user of every layer (RO layers and RW layers alike), keyed by layer id. */
+/** Every local user of every layer (RO layers and RW layers alike), keyed by layer id. O(local users x depth). */
 export async function localUsers(index: Index): Promise<Map<string, LayerUser[]>> {
-  const layers = await index.listLayers();
-  const byId = new Map(layers.map((l) => [l.id, l] as const));
+  const parents = new Map<string, string | null>();
+  const chain = async (top: string | null): Promise<string[]> => {
+    const out: string[] = [];
+    for (let cur = top, d = 0; cur && d < 10_000; d++) {
+      out.push(cur);
+      let p = parents.get(cur);
+      if (p === undefined) {
+        p = (await index.getLayer(cur))?.parent ?? null;
+        parents.set(cur, p);
+      }
+      cur = p;
+    }
+    return out;
+  };
   const out = new Map<string, LayerUser[]>();
   const add = (ids: string[], u: LayerUser): void => {
     for (const id of ids) {
@@ -43,11 +45,11 @@ export async function localUsers(index: Index): Promise<Map<string, LayerUser[]>
       else out.set(id, [u]);
     }
   };
-  for (const l of layers) if (l.rw) add(chainIds(byId, l.parent), { kind: 'container', ref: l.name ?? l.id });
-  for (const m of await index.listMounts()) add(m.rw ? [m.layer] : m.alone ? [m.layer] : chainIds(byId, m.layer), { kind: 'mount', ref: m.mountpoint });
+  for (const l of await index.listRWLayers()) add(await chain(l.parent), { kind: 'container', ref: l.name ?? l.id });
+  for (const m of await index.listMounts()) add(m.rw || m.alone ? [m.layer] : await chain(m.layer), { kind: 'mount', ref: m.mountpoint });
   for (const s of await index.listSnapshots()) {
     if (!s.layer) continue;
-    add(s.kind === 'view' ? chainIds(byId, s.layer) : [s.layer], { kind: 'snapshot', ref: s.key });
+    add(s.kind === 'view' ? await chain(s.layer) : [s.layer], { kind: 'snapshot', ref: s.key });
   }
   return out;
 }

@@ -1,30 +1,57 @@
 import type { Argv, CommandModule } from 'yargs';
+import { readFile } from 'node:fs/promises';
+import { IndexHolder, startApiServer, type ApiServer } from '../api/index.js';
+import { LayerfsError } from '../common/errors.js';
 import { runDaemon } from '../scanner/daemon.js';
-import { scanStore } from '../scanner/daemon.js';
 import { Store } from '../store/index.js';
-import { type GlobalArgs, storeOptions } from './context.js';
+import { type GlobalArgs, callService, storeOptions } from './context.js';
 import { printJson, short } from './output.js';
 
 type A<T = object> = GlobalArgs & T;
 
 const openStore = (args: GlobalArgs) => Store.open(storeOptions(args, { logLockWaits: true }));
 
-export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number }>> = {
+export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number; 'socket-group'?: string }>> = {
   command: 'daemon',
-  describe: 'run the periodic scan of the shared store (reader); one per root; stops on SIGTERM/SIGINT',
+  describe: "own the root's index and serve the CLI on <root>/api.sock; scan the shared store (reader), renew this host's lease, remove what the writer marked; one per root; stops on SIGTERM/SIGINT",
   builder: (y) =>
-    y.option('interval', { type: 'number', default: 5, describe: 'seconds between scans' }) as Argv<A<{ interval: number }>>,
+    y
+      .option('interval', { type: 'number', default: 5, describe: 'seconds between scans' })
+      .option('socket-group', { type: 'string', describe: 'a group whose members may use the API socket too (default: the root\'s owner only)' }) as unknown as Argv<A<{ interval: number; 'socket-group'?: string }>>,
   handler: async (args) => {
-    await runDaemon(await openStore(args), { interval: args.interval });
+    const store = await openStore(args);
+    const gid = args['socket-group'] !== undefined ? await groupId(args['socket-group']) : undefined;
+    let holder: IndexHolder | null = null;
+    let server: ApiServer | null = null;
+    await runDaemon(store, {
+      interval: args.interval,
+      started: async () => {
+        holder = await IndexHolder.open(storeOptions(args, { logLockWaits: true }));
+        server = await startApiServer(holder, store.apiSocket, gid !== undefined ? { gid } : {});
+      },
+      withIndex: (fn) => holder!.exclusive((svc) => fn(svc.index)),
+      stopped: async () => {
+        await server?.close();
+        await holder?.close();
+      },
+    });
   },
 };
+
+/** A group name or number -> gid (getent). */
+async function groupId(group: string): Promise<number> {
+  if (/^\d+$/.test(group)) return Number(group);
+  const line = (await readFile('/etc/group', 'utf8')).split('\n').find((l) => l.split(':')[0] === group);
+  if (!line) throw new LayerfsError('EUSAGE', `--socket-group ${group}`, 'no such group');
+  return Number(line.split(':')[2]);
+}
 
 export const scanCommand: CommandModule<GlobalArgs, A<{ full: boolean }>> = {
   command: 'scan',
   describe: 'scan the shared store once now; prints what was added and removed',
   builder: (y) => y.option('full', { type: 'boolean', default: false, describe: 'list every dir whatever the mtimes say' }) as Argv<A<{ full: boolean }>>,
   handler: async (args) => {
-    const r = await scanStore(await openStore(args), { full: args.full });
+    const r = await callService(args, 'scan', [{ full: args.full }]);
     if (args.json) return printJson(r);
     const lines = [
       ...r.added.layers.map((l) => `added layer ${short(l)}`),

@@ -2,7 +2,9 @@ import { pipeline } from 'node:stream/promises';
 import type { Argv, CommandModule } from 'yargs';
 import { parseSize, type DriverName } from '../drivers/index.js';
 import { LayerfsError } from '../common/errors.js';
-import { type GlobalArgs, withService } from './context.js';
+import path from 'node:path';
+import { exportDiff } from '../archive/index.js';
+import { type GlobalArgs, callService, pathOrRef } from './context.js';
 import { printJson } from './output.js';
 
 type A<T = object> = GlobalArgs & T;
@@ -31,10 +33,13 @@ export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: strin
       .option('transport', { choices: ['direct', 'fuse-native'], describe: 'FUSE driver: /dev/fuse spoken directly (default as root) or libfuse 2' }) as unknown as Argv<A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string; transport?: string }>>,
   handler: async (args) => {
     const quota = size(args.quota);
-    if (args.transport) process.env.LAYERFS_FUSE_TRANSPORT = args.transport; // read by the FUSE driver (defaultTransport)
-    const res = await withService(args, (svc) =>
-      svc.mountImage(args.ref, args.mnt, { driver: args.driver, ro: args.ro, ...(quota !== undefined ? { quota } : {}), ...(args.name ? { name: args.name } : {}) }),
-    );
+    // the FUSE transport: this command's choice, passed to whoever mounts (the daemon, when one runs)
+    const transport = args.transport ?? process.env.LAYERFS_FUSE_TRANSPORT;
+    const res = await callService(args, 'mountImage', [
+      args.ref,
+      path.resolve(args.mnt),
+      { driver: args.driver, ro: args.ro, ...(quota !== undefined ? { quota } : {}), ...(args.name ? { name: args.name } : {}), ...(transport ? { transport } : {}) },
+    ]);
     if (args.json) printJson(res);
     else process.stdout.write(res.layer + '\n');
   },
@@ -49,7 +54,7 @@ export const umountCommand: CommandModule<GlobalArgs, A<{ mnt: string; rm: boole
       .option('rm', { type: 'boolean', default: false, describe: 'delete the RW layer too' })
       .option('force', { type: 'boolean', default: false, describe: 'unmount whatever the reference count' }) as unknown as Argv<A<{ mnt: string; rm: boolean; force: boolean }>>,
   handler: async (args) => {
-    const res = await withService(args, (svc) => svc.umount(args.mnt, { rm: args.rm, force: args.force }));
+    const res = await callService(args, 'umount', [pathOrRef(args.mnt), { rm: args.rm, force: args.force }]);
     if (args.json) printJson(res);
   },
 };
@@ -62,7 +67,7 @@ export const commitCommand: CommandModule<GlobalArgs, A<{ ref: string; name?: st
       A<{ ref: string; name?: string[] }>
     >,
   handler: async (args) => {
-    const rec = await withService(args, (svc) => svc.commit(args.ref, args.name ?? []));
+    const rec = await callService(args, 'commit', [pathOrRef(args.ref), args.name ?? []]);
     if (args.json) printJson(rec);
     else process.stdout.write(rec.id + '\n');
   },
@@ -73,7 +78,7 @@ export const mountInfoCommand: CommandModule<GlobalArgs, A<{ ref: string }>> = {
   describe: 'driver metadata of a mount point or layer: WorkDir, MergedDir, UpperDir, LowerDir',
   builder: (y) => y.positional('ref', { type: 'string', demandOption: true }) as unknown as Argv<A<{ ref: string }>>,
   handler: async (args) => {
-    const md = await withService(args, (svc) => svc.metadata(args.ref));
+    const md = await callService(args, 'metadata', [pathOrRef(args.ref)]);
     if (args.json) return printJson(md);
     for (const [k, v] of Object.entries(md)) process.stdout.write(`${k}: ${String(v)}\n`);
   },
@@ -88,7 +93,8 @@ export function layerMountCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
       (c) => c.positional('id', { type: 'string', demandOption: true }),
       async (args) => {
         if (process.stdout.isTTY) throw new LayerfsError('EUSAGE', 'layer diff', 'refusing to write a tar to a terminal: redirect stdout');
-        await withService(args, async (svc) => pipeline(await svc.layerDiff(args.id), process.stdout, { end: false }));
+        const dir = await callService(args, 'layerDiffDir', [pathOrRef(args.id)]);
+        await pipeline(exportDiff(dir), process.stdout, { end: false });
       },
     )
     .command<A<{ id: string; mnt: string; driver: DriverName }>>(
@@ -100,7 +106,7 @@ export function layerMountCommands(y: Argv<GlobalArgs>): Argv<GlobalArgs> {
           .positional('mnt', { type: 'string', demandOption: true })
           .option('driver', { choices: DRIVERS, default: 'auto' as DriverName, describe: 'driver whose host checks apply (the view itself is a read-only bind mount)' }),
       async (args) => {
-        const mnt = await withService(args, (svc) => svc.mountLayer(args.id, args.mnt, args.driver));
+        const mnt = await callService(args, 'mountLayer', [args.id, path.resolve(args.mnt), args.driver]);
         if (args.json) printJson({ mountpoint: mnt });
       },
     );

@@ -1,8 +1,8 @@
 /** `image pull` and `image export` (mounted under `image` in cmd-store.ts). */
 import type { Argv, CommandModule } from 'yargs';
-import { exportImage, pullImage, type PullEvent, type PullMode } from '../image/index.js';
-import { normalizeName } from '../image/refs.js';
-import { type GlobalArgs, withService } from './context.js';
+import path from 'node:path';
+import type { PullEvent, PullMode } from '../image/index.js';
+import { type GlobalArgs, callService } from './context.js';
 import { humanSize, printJson } from './output.js';
 
 type A<T = object> = GlobalArgs & T;
@@ -85,15 +85,20 @@ export const pullSubcommand: CommandModule<GlobalArgs, PullArgs> = {
   handler: async (args) => {
     const progress = progressPrinter(args.quiet || args.json);
     try {
-      const res = await withService(args, (svc) =>
-        pullImage(svc.store, svc.index, args.ref, {
-          insecure: args.insecure,
-          ...(args.creds !== undefined ? { creds: args.creds } : {}),
-          maxConnections: args['max-connections'],
-          mode: args.mode,
-          names: args.name ?? [],
-          onProgress: progress.onEvent,
-        }),
+      const res = await callService(
+        args,
+        'pullImage',
+        [
+          args.ref,
+          {
+            insecure: args.insecure,
+            ...(args.creds !== undefined ? { creds: args.creds } : {}),
+            maxConnections: args['max-connections'],
+            mode: args.mode,
+            names: args.name ?? [],
+          },
+        ],
+        (ev) => progress.onEvent(ev as PullEvent),
       );
       progress.finish();
       if (args.json) printJson({ ...res.image, fetched: res.fetched, bytes: res.bytes });
@@ -116,17 +121,7 @@ export const exportSubcommand: CommandModule<GlobalArgs, ExportArgs> = {
       .positional('out', { type: 'string', demandOption: true })
       .option('gzip', { type: 'boolean', default: false, describe: 'gzip the layer blobs' }) as unknown as Argv<ExportArgs>,
   handler: async (args) => {
-    const res = await withService(args, async (svc) => {
-      const image = await svc.resolveImage(args.ref);
-      let name: string | undefined;
-      try {
-        const n = normalizeName(args.ref);
-        if (image.names.includes(n)) name = n;
-      } catch {
-        name = undefined;
-      }
-      return exportImage(svc.store, image, args.out, { gzip: args.gzip, ...(name ? { name } : {}) });
-    });
+    const res = await callService(args, 'exportImage', [args.ref, path.resolve(args.out), { gzip: args.gzip }]);
     if (args.json) printJson(res);
     else process.stdout.write(res.manifestDigest + '\n');
   },

@@ -3,7 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
 import { applyLayer } from '../archive/index.js';
 import { Store } from '../store/index.js';
-import { type GlobalArgs, storeOptions, withService } from './context.js';
+import { type GlobalArgs, callService, pathOrRef, storeOptions } from './context.js';
 import { LayerfsError } from '../common/errors.js';
 import { describeKept, describeLease } from '../usage/index.js';
 import { humanSize, printJson, printTable, short } from './output.js';
@@ -22,7 +22,7 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'import an OCI layout dir, OCI archive or docker-save tar; prints the image id',
         (c) => c.positional('path', { type: 'string', demandOption: true }).option('name', { type: 'string', array: true, describe: 'name(s) for the image' }),
         async (args) => {
-          const res = await withService(args, (svc) => svc.importImage(args.path, args.name ?? []));
+          const res = await callService(args, 'importImage', [pathOrRef(args.path), args.name ?? []]);
           if (args.json) printJson({ ...res.image, extracted: res.extracted });
           else process.stdout.write(res.image.id + '\n');
         },
@@ -32,7 +32,7 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'list images',
         (c) => c,
         async (args) => {
-          const images = await withService(args, (svc) => svc.listImages());
+          const images = await callService(args, 'listImages', []);
           if (args.json) return printJson(images);
           printTable(
             ['ID', 'NAMES', 'LAYERS', 'SIZE', 'CREATED'],
@@ -45,7 +45,7 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'show an image: record, layers (bottom first) and lowerDirs (top first)',
         (c) => c.positional('ref', { type: 'string', demandOption: true }),
         async (args) => {
-          const rec = await withService(args, (svc) => svc.inspectImage(args.ref));
+          const rec = await callService(args, 'inspectImage', [args.ref]);
           printJson(rec);
         },
       )
@@ -56,7 +56,7 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'remove an image and the layers nothing else uses',
         (c) => c.positional('ref', { type: 'string', demandOption: true }),
         async (args) => {
-          const res = await withService(args, (svc) => svc.removeImage(args.ref));
+          const res = await callService(args, 'removeImage', [args.ref]);
           if (args.json) printJson(res);
           else process.stdout.write([`removed image ${res.image}`, ...res.layers.map((l) => `removed layer ${l}`), ...describeKept(res.kept)].join('\n') + '\n');
         },
@@ -75,7 +75,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'list layers',
         (c) => c,
         async (args) => {
-          const layers = await withService(args, (svc) => svc.layerRows());
+          const layers = await callService(args, 'layerRows', []);
           if (args.json) return printJson(layers);
           printTable(
             ['ID', 'NAME', 'PARENT', 'KIND', 'SIZE', 'STATE', 'MOUNTPOINT', 'CREATED'],
@@ -88,10 +88,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'show a layer record, its chain and its users',
         (c) => c.positional('id', { type: 'string', demandOption: true }),
         async (args) => {
-          const out = await withService(args, async (svc) => {
-            const rec = await svc.resolveLayer(args.id);
-            return { ...rec, diffDir: svc.store.diffDir(rec.id), chain: (await svc.chain(rec.id)).map((l) => l.id), usedBy: await svc.layerUsers(rec.id, { remote: !rec.rw }) };
-          });
+          const out = await callService(args, 'inspectLayer', [args.id]);
           printJson(out);
         },
       )
@@ -100,7 +97,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'create an RO layer from a tar (plain or gzip); prints its id',
         (c) => c.option('tar', { type: 'string', demandOption: true }).option('parent', { type: 'string', describe: 'parent layer id' }),
         async (args) => {
-          const res = await withService(args, (svc) => svc.createLayerFromTar(args.tar, args.parent));
+          const res = await callService(args, 'createLayerFromTar', [pathOrRef(args.tar), args.parent]);
           if (args.json) printJson({ ...res.layer, created: res.created });
           else process.stdout.write(res.layer.id + '\n');
         },
@@ -110,7 +107,7 @@ export const layerCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'remove an RO layer nothing uses (else the error names its users), or an RW layer that is not mounted',
         (c) => c.positional('id', { type: 'string', demandOption: true }),
         async (args) => {
-          const id = await withService(args, (svc) => svc.removeLayer(args.id));
+          const id = await callService(args, 'removeLayer', [args.id]);
           process.stdout.write(`removed layer ${id}\n`);
         },
       )
@@ -140,8 +137,8 @@ export const indexCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'rebuild the index from the store (it is only a cache of the disk)',
         (c) => c,
         async (args) => {
-          const snap = await withService(args, (svc) => svc.rebuildIndex());
-          const out = { layers: snap.layers.size, images: snap.images.size, notReady: snap.notReady, junk: snap.junk, mountsRecovered: snap.recoveredMounts.map((m) => m.mountpoint) };
+          const snap = await callService(args, 'rebuildIndex', []);
+          const out = { ...snap, mountsRecovered: snap.mountsRecovered.map((m) => m.mountpoint) };
           if (args.json) printJson(out);
           else process.stdout.write(`index rebuilt: ${out.images} images, ${out.layers} layers${out.mountsRecovered.length ? `, ${out.mountsRecovered.length} mounts recovered` : ''}\n`);
         },
@@ -154,7 +151,7 @@ export const statusCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'status',
   describe: 'show the store, index and driver status',
   handler: async (args) => {
-    const st = await withService(args, (svc) => svc.status());
+    const st = await callService(args, 'status', []);
     if (args.json) return printJson(st);
     const flat = (prefix: string, obj: Record<string, unknown>): void => {
       for (const [k, v] of Object.entries(obj)) {
@@ -185,7 +182,7 @@ export const pruneCommand: CommandModule<GlobalArgs, A<{ 'dry-run': boolean; rw:
       .option('rw-age', { type: 'string', default: '24h', describe: 'with --rw: only those unchanged for this long (e.g. 90s, 10m, 24h, 7d)' }) as unknown as Argv<A<{ 'dry-run': boolean; rw: boolean; 'rw-age': string }>>,
   handler: async (args) => {
     const rwAge = args.rw ? parseDuration(args['rw-age'], '--rw-age') : undefined;
-    const res = await withService(args, (svc) => svc.prune({ dryRun: args['dry-run'], ...(rwAge !== undefined ? { rwOlderThanMs: rwAge } : {}) }));
+    const res = await callService(args, 'prune', [{ dryRun: args['dry-run'], ...(rwAge !== undefined ? { rwOlderThanMs: rwAge } : {}) }]);
     if (args.json) return printJson(res);
     const verb = res.dryRun ? 'would remove' : 'removed';
     const lines = [...res.removed.map((l) => `${verb} layer ${l}`), ...res.rwRemoved.map((l) => `${verb} RW layer ${l}`), ...describeKept(res.kept)];
@@ -203,7 +200,7 @@ export const hostCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'list every host\'s lease: what it uses, how old (on the shared store\'s clock), expired or live',
         (c) => c,
         async (args) => {
-          const hosts = await withService(args, (svc) => svc.hosts());
+          const hosts = await callService(args, 'hosts', []);
           if (args.json) return printJson(hosts);
           printTable(
             ['HOST', 'HOSTNAME', 'LAYERS', 'USERS', 'AGE', 'STATE'],
@@ -216,7 +213,7 @@ export const hostCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         'remove a dead host\'s lease (the layers it used are no longer protected by it)',
         (c) => c.positional('id', { type: 'string', demandOption: true }),
         async (args) => {
-          await withService(args, (svc) => svc.forgetHost(args.id));
+          await callService(args, 'forgetHost', [args.id]);
           process.stdout.write(`forgot host ${args.id}\n`);
         },
       )

@@ -1,7 +1,10 @@
 import type { Argv } from 'yargs';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { API, ApiClient, DaemonGone, READ_ONLY, type ApiMethod, type ApiResult } from '../api/index.js';
 import { Service } from '../service/index.js';
 import { LayerfsError } from '../common/errors.js';
-import { type LockWait, type Role, type StoreOptions, describeLockWait } from '../store/index.js';
+import { Store, type LockWait, type Role, type StoreOptions, describeLockWait } from '../store/index.js';
 
 /** Options every command that touches the store takes. */
 export interface GlobalArgs {
@@ -47,6 +50,33 @@ export function storeOptions(args: GlobalArgs, opts: { logLockWaits?: boolean } 
     // a command waiting for the writer lock says why, on stderr
     ...(opts.logLockWaits ? {} : { onLockWait: (w: LockWait) => process.stderr.write(`layerfs: ${describeLockWait(w)}\n`) }),
   };
+}
+
+/** A path the user gave, made absolute when it exists (the daemon's cwd is not ours); else as given (an id, a name). */
+export function pathOrRef(s: string): string {
+  const abs = path.resolve(s);
+  return existsSync(abs) ? abs : s;
+}
+
+/**
+ * Run one `Service` method (src/api's table) for a command: through the root's daemon when one runs (it holds the
+ * index), else on a `Service` opened for this command. A daemon that goes away mid-request: a read is answered
+ * here instead; a change fails, saying so (what it did is what the store and index now say).
+ */
+export async function callService<M extends ApiMethod>(args: GlobalArgs, method: M, params: unknown[], onEvent?: (ev: unknown) => void): Promise<ApiResult<M>> {
+  const client = process.env.LAYERFS_DAEMON === '0' ? null : await ApiClient.connect(Store.apiSocketOf(args.root));
+  if (client) {
+    try {
+      return (await client.call(method, params, onEvent)) as ApiResult<M>;
+    } catch (err) {
+      if (!(err instanceof DaemonGone)) throw err;
+      if (!READ_ONLY.has(method)) throw new LayerfsError('ELOCKED', `daemon on ${args.root}`, `went away during ${method}: the change may be partly made (as the store and the index now say; \`layerfs status\`)`);
+    } finally {
+      client.close();
+    }
+  }
+  const fn = API[method] as (svc: Service, ...a: unknown[]) => Promise<ApiResult<M>>;
+  return withService(args, (svc) => fn(svc, ...params, onEvent ?? (() => undefined)));
 }
 
 /** Open the service for one command and close it afterwards, whatever happens. */

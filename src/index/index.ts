@@ -262,6 +262,9 @@ export class Index {
   async putMeta(key: string, value: unknown): Promise<void> {
     await this.sub('meta').put(key, value);
   }
+  async delMeta(key: string): Promise<void> {
+    await this.sub('meta').del(key);
+  }
 
   /** Drop everything derived from the store (before a rebuild); mount records are kept (refs, times: the mount table cannot tell them); the rebuild adds those of live mounts it lacks. */
   async clear(): Promise<void> {

@@ -20,6 +20,15 @@ export interface DaemonOptions {
   interval: number;
   /** Stop after this many scans (tests); default: run until SIGTERM/SIGINT. */
   maxScans?: number;
+  /**
+   * How the daemon's work gets the index: default, opened for each step and closed again. The `layerfs daemon`
+   * command holds it instead and serves the CLI over a socket (src/api): it passes its own.
+   */
+  withIndex?: <T>(fn: (index: Index) => Promise<T>) => Promise<T>;
+  /** Called once this process is the root's only daemon, before the first scan (e.g. to open the index and the socket). */
+  started?: () => Promise<void>;
+  /** Called when the daemon stops (after the last scan). */
+  stopped?: () => Promise<void>;
 }
 
 export function daemonLockFile(store: Store): string {
@@ -63,9 +72,11 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
   const onInt = () => stop('SIGINT');
   process.on('SIGTERM', onTerm);
   process.on('SIGINT', onInt);
+  const useIndex = opts.withIndex ?? (<T>(fn: (index: Index) => Promise<T>) => withIndex(store, fn));
   try {
     // index upkeep: we are the only daemon on this root; temp dirs left in the root by a crash go now
     await withIndex(store, async () => store.removeStaleTemps(store.root));
+    await opts.started?.();
     const refresh = store.role === 'reader';
     log.info({ root: store.root, shared: store.shared, role: store.role, interval: opts.interval, refresh }, refresh ? 'daemon started' : 'daemon started (writer: refresh off)');
     let scans = 0;
@@ -73,7 +84,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
       if (refresh) {
         try {
           log.debug('scan start');
-          const r = await scanStore(store);
+          const r = await useIndex((index) => scanOnce(store, index));
           scans++;
           const summary = { added: r.added, removed: r.removed, updated: r.updated.images, missing: r.missing, waiting: r.waiting, io: r.io };
           if (scanChanged(r)) log.info(summary, 'scan: store changed');
@@ -85,7 +96,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
       }
       try {
         // layer lifetime: renew this host's lease when due; a writer deletes the marked layers nothing uses
-        await withIndex(store, async (index) => {
+        await useIndex(async (index) => {
           const life = new Lifetime(store, index);
           await life.leases.renew();
           await life.collectMarked(); // logs what it removed and kept
@@ -107,6 +118,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
   } finally {
     process.off('SIGTERM', onTerm);
     process.off('SIGINT', onInt);
+    await opts.stopped?.().catch((err: unknown) => log.error({ err }, 'daemon: stopping failed'));
     await lock.release();
     log.info('daemon stopped');
   }

@@ -350,7 +350,7 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
 
 /** Forget the scanner's state (the next scan lists everything and re-checks links). */
 export async function resetScannerState(index: Index): Promise<void> {
-  await index.putMeta(SCANNER_STATE_KEY, null);
+  await index.delMeta(SCANNER_STATE_KEY);
 }
 
 export function scanChanged(r: ScanResult): boolean {

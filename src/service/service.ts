@@ -1,7 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { driverFor, selectDriver, type FuseDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
 import { publishImageOf, sha256Digest } from '../image/index.js';
 import { contentSize } from '../common/du.js';
@@ -10,7 +9,9 @@ import { Index, type IndexedLayer, type MountRecord } from '../index/index.js';
 import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
 import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
 import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
-import { checkStoreBeforeFirstBuild, rebuildIndex, type StoreSnapshot } from '../scanner/index.js';
+import { checkStoreBeforeFirstBuild, rebuildIndex, scanOnce, type ScanOptions, type ScanResult, type StoreSnapshot } from '../scanner/index.js';
+import type { ExportResult } from '../image/export.js';
+import type { PullOptions, PullResult } from '../image/registry/pull.js';
 
 export type ServiceOptions = StoreOptions;
 
@@ -228,7 +229,7 @@ export class Service {
    * MNT. With `ro`: a read-only merged view of the image. Returns the RW layer id (ro: the image's top layer).
    * The RO layers under the mount are leased (and checked) before it is made.
    */
-  async mountImage(ref: string, target: string, opts: { driver?: DriverName; ro?: boolean; quota?: number; name?: string } = {}): Promise<{ layer: string; mountpoint: string; driver: string; reused?: boolean }> {
+  async mountImage(ref: string, target: string, opts: { driver?: DriverName; ro?: boolean; quota?: number; name?: string; transport?: string } = {}): Promise<{ layer: string; mountpoint: string; driver: string; reused?: boolean }> {
     const img = await this.resolveImage(ref).catch(async (err: unknown) => {
       // not an image: an existing RW layer?
       const rw = await this.resolveLayer(ref).catch(() => null);
@@ -343,11 +344,48 @@ export class Service {
     return { ...(await d.metadata(rec.id)), layer: rec.id, driver: m?.driver ?? null, mounted: !!m };
   }
 
-  /** What an RW layer changed, as an OCI layer tar stream. */
-  async layerDiff(ref: string): Promise<Readable> {
+  /** The upper dir whose changes `layer diff` writes (a caller streams it with `exportDiff`: no index needed). */
+  async layerDiffDir(ref: string): Promise<string> {
     const rec = await this.rwLayerOf(ref);
     if (!rec.rw) throw new LayerfsError('EUSAGE', `layer ${rec.id}`, 'is an RO layer: only RW layers have a diff to export');
-    return driverFor('overlay', this.store, this.index).diff(rec.id);
+    return this.store.diffDir(rec.id);
+  }
+
+  /** `layer inspect`: the record, its diff dir, its chain and what uses it (other hosts' leases included). */
+  async inspectLayer(ref: string): Promise<IndexedLayer & { diffDir: string; chain: string[]; usedBy: LayerUser[] }> {
+    const rec = await this.resolveLayer(ref);
+    return { ...rec, diffDir: this.store.diffDir(rec.id), chain: (await this.chain(rec.id)).map((l) => l.id), usedBy: await this.layerUsers(rec.id, { remote: !rec.rw }) };
+  }
+
+  /** `image pull`. */
+  async pullImage(ref: string, opts: PullOptions = {}): Promise<PullResult> {
+    const { pullImage } = await import('../image/registry/pull.js');
+    return pullImage(this.store, this.index, ref, opts);
+  }
+
+  /** `image export REF OUT` (OUT absolute: the caller's cwd is not ours when the daemon answers). */
+  async exportImage(ref: string, out: string, opts: { gzip?: boolean } = {}): Promise<ExportResult> {
+    const image = await this.resolveImage(ref);
+    let name: string | undefined;
+    try {
+      const n = normalizeName(ref);
+      if (image.names.includes(n)) name = n;
+    } catch {
+      name = undefined;
+    }
+    const { exportImage } = await import('../image/export.js');
+    return exportImage(this.store, image, out, { gzip: opts.gzip ?? false, ...(name ? { name } : {}) });
+  }
+
+  /** `layerfs scan`: one scan of the shared store now. */
+  async scan(opts: ScanOptions = {}): Promise<ScanResult> {
+    return scanOnce(this.store, this.index, opts);
+  }
+
+  /** `index rebuild`, summed up. */
+  async rebuildSummary(): Promise<{ layers: number; images: number; notReady: string[]; junk: string[]; mountsRecovered: MountRecord[] }> {
+    const snap = await this.rebuildIndex();
+    return { layers: snap.layers.size, images: snap.images.size, notReady: snap.notReady, junk: snap.junk, mountsRecovered: snap.recoveredMounts };
   }
 
   /**

@@ -22,7 +22,8 @@ import { readMountTable } from '../common/mountinfo.js';
 import { driverFor, isMountpoint, type LayeredDriver } from '../drivers/index.js';
 import type { SnapshotRecord } from '../index/index.js';
 import { Service } from '../service/index.js';
-import type { LayerRecord, Role } from '../store/index.js';
+import { Store, type LayerRecord, type Role } from '../store/index.js';
+import { ApiClient } from '../api/index.js';
 import { matchesAny } from './filters.js';
 
 /** Snapshot records are written through to the local root (the index is only a cache of them). */
@@ -187,6 +188,8 @@ export async function mountUsers(dirs: string[], own: string[]): Promise<string[
 export class Snapshotter {
   private queue: Promise<unknown> = Promise.resolve();
   private svc: Service | null = null;
+  /** The daemon's connection while its index is lent to us. */
+  private loan: ApiClient | null = null;
   private pending = 0;
   private idle: NodeJS.Timeout | undefined;
   private readonly idleMs: number;
@@ -201,6 +204,7 @@ export class Snapshotter {
     const p = this.queue.then(async () => {
       clearTimeout(this.idle);
       try {
+        if (!this.svc) await this.borrowDaemonIndex();
         this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), ...(this.opts.role ? { role: this.opts.role } : {}), ...(this.opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: this.opts.lockTimeoutMs } : {}) });
         try {
           return await fn(this.svc);
@@ -216,13 +220,28 @@ export class Snapshotter {
     return p;
   }
 
-  /** Close the index if no request is waiting. */
+  /** When `layerfs daemon` holds the root's index, borrow it (the daemon closes it until we give it back). */
+  private async borrowDaemonIndex(): Promise<void> {
+    const client = await ApiClient.connect(Store.apiSocketOf(this.opts.root));
+    if (!client) return;
+    try {
+      await client.borrowIndex();
+    } catch (err) {
+      client.close();
+      throw err;
+    }
+    this.loan = client;
+  }
+
+  /** Close the index if no request is waiting (and give it back to the daemon, if it was borrowed). */
   release(): Promise<void> {
     const p = this.queue.then(async () => {
       if (this.pending === 0 && this.svc) {
         const s = this.svc;
         this.svc = null;
         await s.close();
+        this.loan?.close();
+        this.loan = null;
       }
     });
     this.queue = p.catch(() => undefined);

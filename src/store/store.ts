@@ -316,6 +316,13 @@ export class Store {
   }
 
   // ---- paths ---------------------------------------------------------------------------------
+  /** The daemon's API socket of a root (the CLI looks for it before opening anything). */
+  static apiSocketOf(root: string): string {
+    return path.join(path.resolve(root), 'api.sock');
+  }
+  get apiSocket(): string {
+    return Store.apiSocketOf(this.root);
+  }
   get indexDir(): string {
     return path.join(this.root, 'index');
   }

@@ -172,8 +172,8 @@ export class Leases {
   async forget(host: string): Promise<boolean> {
     const gone = await this.store.removeLease(host);
     this.cache.delete(host);
-    await this.index.putMeta(`${CACHE_PREFIX}${host}`, null);
-    if (host === this.store.hostId) await this.index.putMeta(SELF_KEY, null);
+    await this.index.delMeta(`${CACHE_PREFIX}${host}`);
+    if (host === this.store.hostId) await this.index.delMeta(SELF_KEY);
     return gone;
   }
 }

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { cli, cliOk, cliSpawn } from './lib/cli.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
+import { waitFor } from './lib/wait.js';
 import { forceUnmount } from './lib/mounts.js';
 import { ApiClient } from '../src/api/index.js';
 import { Index } from '../src/index/index.js';
@@ -20,16 +21,6 @@ let env: Record<string, string>;
 const local = () => ({ ...env, LAYERFS_DAEMON: '0' });
 const mounts: string[] = [];
 const daemons: ChildProcess[] = [];
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 60_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function startDaemon(): Promise<ChildProcess> {
   const d = cliSpawn(['daemon', '--interval', '1'], env);

@@ -4,12 +4,13 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { cli, cliOk, cliSpawn } from './lib/cli.js';
 import { makeImage, writeOciLayout, type TestImage } from './lib/images.js';
+import { waitFor } from './lib/wait.js';
 import { forceUnmount, run } from './lib/mounts.js';
 
 const isId = (n: string) => /^[0-9a-f]{64}$/.test(n);
@@ -89,16 +90,6 @@ async function dataDirs(shared: string): Promise<string[]> {
 
 async function layersOf(env: Record<string, string>, ref: string): Promise<string[]> {
   return (JSON.parse(await cliOk(['image', 'inspect', ref], env)) as { layers: string[] }).layers;
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 60_000): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** A runc container on `rootfs` that sleeps; `exec` runs commands in it. */
@@ -184,7 +175,9 @@ test('a reader\'s containers (runc on kernel overlay and FUSE) read every file b
 });
 
 test('a dead reader\'s lease expires (short TTL): then its layers go; host ls shows it, host forget drops it', async () => {
-  const { dir, shared, w, r } = await hosts({ LAYERFS_LEASE_TTL: '2' });
+  const { dir, shared, w, r } = await hosts();
+  // the TTL is the reader of the leases' to apply: the writer's commands here use 2 s once the reader is to be dead
+  const wShort = { ...w, LAYERFS_LEASE_TTL: '2' };
   await image(dir, 'dead:1', 'dead');
   await cliOk(['image', 'import', path.join(dir, 'oci-dead')], w);
   await cliOk(['scan'], r);
@@ -197,10 +190,10 @@ test('a dead reader\'s lease expires (short TTL): then its layers go; host ls sh
   assert.match(rm1, new RegExp(`kept 2 layers: used by host .*\\(${readerId}\\) \\(1 mount\\)`));
   // the reader runs no daemon: nothing renews its lease; once older than the TTL it protects nothing
   await waitFor('the reader\'s lease to expire', async () => {
-    const hostsNow = JSON.parse(await cliOk(['host', 'ls', '--json'], w)) as { host: string; expired: boolean; self: boolean }[];
+    const hostsNow = JSON.parse(await cliOk(['host', 'ls', '--json'], wShort)) as { host: string; expired: boolean; self: boolean }[];
     return hostsNow.find((h) => h.host === readerId)?.expired;
   });
-  const pr = await cliOk(['prune'], w);
+  const pr = await cliOk(['prune'], wShort);
   assert.equal((pr.match(/removed layer/g) ?? []).length, 2, pr);
   assert.deepEqual(await storeLayers(shared), []);
   await forceUnmount(m);
@@ -212,6 +205,29 @@ test('a dead reader\'s lease expires (short TTL): then its layers go; host ls sh
   const again = await cli(['host', 'forget', readerId], w);
   assert.equal(again.code, 1);
   assert.match(again.stderr, /has no lease/);
+});
+
+test('lease ages are read on the shared store\'s clock, not the hosts\' (clock skew): a fresh file is live whatever its host\'s clock wrote, an old one is expired', async () => {
+  const { dir, shared, w } = await hosts({ LAYERFS_LEASE_TTL: '60' });
+  await image(dir, 'skew:1', 'skew');
+  await cliOk(['image', 'import', path.join(dir, 'oci-skew')], w);
+  const layers = await layersOf(w, 'skew:1');
+  await mkdir(path.join(shared, 'leases'), { recursive: true });
+  const lease = (host: string, written: string) => JSON.stringify({ v: 1, host, hostname: host, seq: 1, written, layers, mounts: 1, containers: 0, snapshots: 0 });
+  // host A's clock is a day behind, but it just renewed (the store stamps the file now): live
+  await writeFile(path.join(shared, 'leases', 'aaaaaaaaaaaaaaaa.json'), lease('aaaaaaaaaaaaaaaa', new Date(Date.now() - 86_400_000).toISOString()));
+  // host B's clock says "now", but the store's mtime of its lease is an hour old: it stopped renewing
+  const b = path.join(shared, 'leases', 'bbbbbbbbbbbbbbbb.json');
+  await writeFile(b, lease('bbbbbbbbbbbbbbbb', new Date().toISOString()));
+  await utimes(b, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
+  const hl = JSON.parse(await cliOk(['host', 'ls', '--json'], w)) as { host: string; expired: boolean }[];
+  assert.equal(hl.find((h) => h.host === 'aaaaaaaaaaaaaaaa')?.expired, false);
+  assert.equal(hl.find((h) => h.host === 'bbbbbbbbbbbbbbbb')?.expired, true);
+  const rm1 = await cliOk(['image', 'rm', 'skew:1'], w);
+  assert.match(rm1, /kept 2 layers: used by host aaaaaaaaaaaaaaaa/);
+  assert.doesNotMatch(rm1, /bbbbbbbbbbbbbbbb/);
+  await cliOk(['host', 'forget', 'aaaaaaaaaaaaaaaa'], w);
+  assert.equal((((await cliOk(['prune'], w)).match(/removed layer/g)) ?? []).length, 2);
 });
 
 for (const driver of ['overlay', 'fuse'] as const) {

@@ -38,7 +38,7 @@ export interface SnapshotRecord {
 }
 
 const INDEX_VERSION_KEY = 'index.v';
-const INDEX_VERSION = 2;
+const INDEX_VERSION = 3;
 
 type Sub = ReturnType<Level<string, unknown>['sublevel']>;
 
@@ -93,7 +93,7 @@ export class Index {
   /** Build what an index of an older layout lacks (the reverse maps), once. */
   private async upgrade(): Promise<void> {
     if ((await this.getMeta<number>(INDEX_VERSION_KEY)) === INDEX_VERSION) return;
-    for (const s of ['rw', 'child', 'ref'] as const) await this.sub(s).clear();
+    for (const s of ['rw', 'missing', 'child', 'ref'] as const) await this.sub(s).clear();
     for (const l of await this.listLayers()) await this.putLayer(l);
     for (const i of await this.listImages()) if (i.layers.length) await this.sub('ref').batch(i.layers.map((l) => ({ type: 'put', key: `${l}/${i.id}`, value: 1 })) as never);
     await this.putMeta(INDEX_VERSION_KEY, INDEX_VERSION);
@@ -105,10 +105,10 @@ export class Index {
 
   /**
    * Reverse maps, derived from the layer and image records and kept with them, so that "who uses this layer"
-   * costs O(its users), not a walk of every record: `rw` (RW layer ids), `child` (`<parent>/<child>`), `ref`
+   * costs O(its users), not a walk of every record: `rw` (RW layer ids), `missing` (layers kept as missing), `child` (`<parent>/<child>`), `ref`
    * (`<layer>/<image>`). An index made before them gets them built once at open (`meta` key `index.v`).
    */
-  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'child' | 'ref'): Sub {
+  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'missing' | 'child' | 'ref'): Sub {
     return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
   }
 
@@ -116,6 +116,8 @@ export class Index {
   async putLayer(rec: IndexedLayer): Promise<void> {
     await this.sub('layer').put(rec.id, rec);
     if (rec.rw) await this.sub('rw').put(rec.id, 1);
+    if (rec.missing) await this.sub('missing').put(rec.id, 1);
+    else await this.sub('missing').del(rec.id);
     if (rec.parent) await this.sub('child').put(`${rec.parent}/${rec.id}`, 1);
   }
   async getLayer(id: string): Promise<IndexedLayer | undefined> {
@@ -125,6 +127,7 @@ export class Index {
     const rec = await this.getLayer(id);
     await this.sub('layer').del(id);
     await this.sub('rw').del(id);
+    await this.sub('missing').del(id);
     if (rec?.parent) await this.sub('child').del(`${rec.parent}/${id}`);
   }
   /** Every layer id (keys only: much cheaper than the records). */
@@ -150,6 +153,10 @@ export class Index {
       if (rec) out.push(rec);
     }
     return out;
+  }
+  /** Ids of the layers kept as missing (gone from the shared store, still used here). */
+  async missingLayerIds(): Promise<string[]> {
+    return (await this.sub('missing').keys().all()) as string[];
   }
   /** Ids of the layers (RO and RW) whose parent is `id`. */
   async childrenOf(id: string): Promise<string[]> {
@@ -268,7 +275,7 @@ export class Index {
 
   /** Drop everything derived from the store (before a rebuild); mount records are kept (refs, times: the mount table cannot tell them); the rebuild adds those of live mounts it lacks. */
   async clear(): Promise<void> {
-    for (const s of ['layer', 'image', 'name', 'meta', 'rw', 'child', 'ref'] as const) await this.sub(s).clear();
+    for (const s of ['layer', 'image', 'name', 'meta', 'rw', 'missing', 'child', 'ref'] as const) await this.sub(s).clear();
     await this.putMeta(INDEX_VERSION_KEY, INDEX_VERSION);
   }
 }

@@ -395,7 +395,11 @@ export class Service {
   async commit(ref: string, names: string[]): Promise<ImageRecord> {
     const rw = await this.rwLayerOf(ref);
     if (!rw.rw) throw new LayerfsError('EUSAGE', `layer ${rw.id}`, 'is an RO layer: commit takes an RW layer or its mount point');
-    const base = rw.parent ? (await this.index.listImages()).find((i) => i.topLayer === rw.parent) : undefined;
+    let base: ImageRecord | undefined;
+    for (const id of rw.parent ? await this.index.imagesUsing(rw.parent) : []) {
+      const img = await this.index.getImage(id);
+      if (img?.topLayer === rw.parent) base = img;
+    }
     const baseConfig = base ? JSON.parse((await this.store.readImageBlob(base.id, 'config')).toString('utf8')) : { architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } };
     return this.store.withWriteLock(`commit ${rw.id}`, async () => {
       const { layer } = await addROLayer(this.store, this.index, { parent: rw.parent, open: () => driverFor('overlay', this.store, this.index).diff(rw.id) });
@@ -431,7 +435,10 @@ export class Service {
 
   async status(): Promise<Record<string, unknown>> {
     const staleMountsRemoved = await this.cleanStaleMounts();
-    const layers = await this.index.listLayers();
+    // counts from the keys, not the records; missing layers from their own map: no walk of the records
+    const layerCount = (await this.index.layerIds()).size;
+    const rwLayers = (await this.index.listRWLayers()).length;
+    const missing = await this.index.missingLayerIds();
     const marker = await this.store.readMarker().catch((err: unknown) => ({ error: (err as Error).message }));
     const out: Record<string, unknown> = {
       root: this.store.root,
@@ -441,11 +448,12 @@ export class Service {
       hostId: this.store.hostId,
       storeId: marker && 'storeId' in marker ? marker.storeId : null,
       writer: marker === null ? 'no store marker (not mounted?)' : 'error' in marker ? marker.error : marker.writer,
-      images: (await this.index.listImages()).length,
-      roLayers: layers.filter((l) => !l.rw).length,
-      rwLayers: layers.filter((l) => l.rw).length,
+      images: (await this.index.imageIds()).size,
+      roLayers: layerCount - rwLayers,
+      rwLayers,
       mounts: (await this.index.listMounts()).length,
-      missingLayers: layers.filter((l) => l.missing).map((l) => l.id),
+      missingLayers: missing,
+      markedForRemoval: (await this.store.markedLayers()).length,
       ...(staleMountsRemoved.length ? { staleMountsRemoved } : {}),
     };
     try {

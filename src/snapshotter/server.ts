@@ -7,6 +7,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseIsoNs } from '../common/clock.js';
 import { logger } from '../common/log.js';
 import { grpcCodeOf, Snapshotter, type Mount, type SnapshotInfo, type SnapshotterOptions } from './snapshots.js';
 
@@ -25,9 +26,9 @@ interface Timestamp {
   nanos: number;
 }
 
-function ts(d: Date): Timestamp {
-  const ms = d.getTime();
-  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+/** Our records hold RFC 3339 times with nanoseconds (src/common/clock.ts). */
+function ts(iso: string): Timestamp {
+  return parseIsoNs(iso);
 }
 
 function wireInfo(i: SnapshotInfo) {

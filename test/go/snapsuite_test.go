@@ -64,7 +64,11 @@ func layerfsSnapshotter(ctx context.Context, root string) (snapshots.Snapshotter
 		return nil, nil, err
 	}
 	sock := filepath.Join(sockDir, "s.sock")
-	logf, err := os.Create(filepath.Join(filepath.Dir(root), "snapshotter.log"))
+	logPath := filepath.Join(filepath.Dir(root), "snapshotter.log")
+	if p := os.Getenv("SNAPSUITE_LOG"); p != "" {
+		logPath = p // kept (benchmarks: with LAYERFS_LOG_LEVEL=debug, each request's time)
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		os.RemoveAll(sockDir)
 		return nil, nil, err
@@ -309,4 +313,63 @@ func TestTimesWithinRequest(t *testing.T) {
 	if subMs == 0 {
 		t.Errorf("no time had a sub-millisecond part: milliseconds only")
 	}
+}
+
+// TestLayerCycle is a benchmark, not a check (scripts/bench-snapshotter-layers.sh runs it; skipped unless
+// SNAPSUITE_LAYER_CYCLE=N): N stacked layers made as containerd unpacks an image, prepare on the last commit,
+// mount (containerd's mount code), write a file, unmount, commit; prints the total and per-step medians.
+func TestLayerCycle(t *testing.T) {
+	n := 0
+	fmt.Sscan(os.Getenv("SNAPSUITE_LAYER_CYCLE"), &n)
+	if n <= 0 {
+		t.Skip("SNAPSUITE_LAYER_CYCLE=N runs it")
+	}
+	ctx := namespaces.WithNamespace(context.Background(), "snapsuite")
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(root, 0o755)
+	var sn snapshots.Snapshotter
+	var cleanup func() error
+	var err error
+	if os.Getenv("SNAPSUITE_TARGET") == "overlayfs" {
+		sn, cleanup, err = overlaySnapshotter(ctx, root)
+	} else {
+		sn, cleanup, err = layerfsSnapshotter(ctx, root)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	mnt := filepath.Join(dir, "mnt")
+	os.MkdirAll(mnt, 0o755)
+	steps := map[string][]time.Duration{}
+	timed := func(step string, fn func() error) {
+		t0 := time.Now()
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		steps[step] = append(steps[step], time.Since(t0))
+	}
+	start := time.Now()
+	parent := ""
+	for i := 0; i < n; i++ {
+		key := fmt.Sprintf("prepare-%d", i)
+		var ms []mount.Mount
+		timed("prepare", func() (err error) { ms, err = sn.Prepare(ctx, key, parent); return })
+		timed("mount", func() error { return mount.All(ms, mnt) })
+		timed("write", func() error { return os.WriteFile(filepath.Join(mnt, fmt.Sprintf("file-%d", i)), []byte("x"), 0o644) })
+		timed("unmount", func() error { return mount.UnmountAll(mnt, 0) })
+		name := fmt.Sprintf("layer-%d", i)
+		timed("commit", func() error { return sn.Commit(ctx, name, key) })
+		parent = name
+	}
+	total := time.Since(start)
+	med := func(xs []time.Duration) time.Duration {
+		s := append([]time.Duration(nil), xs...)
+		sort.Slice(s, func(a, b int) bool { return s[a] < s[b] })
+		return s[len(s)/2]
+	}
+	fmt.Printf("layer-cycle %s %s: %d layers in %.1f s; medians: prepare %.1f ms, mount %.1f ms, write %.1f ms, unmount %.1f ms, commit %.1f ms\n",
+		os.Getenv("SNAPSUITE_TARGET"), os.Getenv("SNAPSUITE_DRIVER"), n, total.Seconds(),
+		float64(med(steps["prepare"]))/1e6, float64(med(steps["mount"]))/1e6, float64(med(steps["write"]))/1e6, float64(med(steps["unmount"]))/1e6, float64(med(steps["commit"]))/1e6)
 }

@@ -2,8 +2,8 @@
  * Start a mount server as its own detached process (one process per mount, like fuse-overlayfs) and wait for it
  * to report over a pipe (fd 3) that the mount is ready, or why it failed.
  *
- * Spare servers (issue #16 item 10): a long-lived starter (`layerfs snapshotter --driver fuse`) keeps one server
- * process started ahead (`server-main.js --spare`: node booted, every module loaded, waiting on its stdin), so a
+ * Spare servers (issue #16 item 10): a long-lived starter (`layerfs snapshotter --driver fuse`) keeps a server
+ * process (LAYERFS_FUSE_SPARES: that many) started ahead (`server-main.js --spare`: node booted, every module loaded, waiting on its stdin), so a
  * mount costs the mount's own work, not a node start-up (~0.5 s here). The spare gets its command line as one JSON
  * line on stdin and records it in spareArgsFile(pid) (its /proc cmdline says only `--spare`: listServers reads the
  * file); then it serves like any server, and outlives its starter the same way. A spare whose starter goes away
@@ -69,62 +69,63 @@ function startProcess(serverArgs: string[], stdin: 'ignore' | 'pipe'): ChildProc
   }
 }
 
+/** Spares kept ahead (LAYERFS_FUSE_SPARES, default 1; 0 turns them off even where a starter asks for them). */
+const SPARES = Math.max(0, Number(process.env.LAYERFS_FUSE_SPARES ?? 1) || 0);
 let sparesOn = false;
-let spare: ChildProcess | null = null;
-let spareLoaded: Promise<void> = Promise.resolve();
+/** Oldest first (the first is the likeliest to have loaded). */
+const spares: { child: ChildProcess; loaded: Promise<void> }[] = [];
 
-/** Keep a spare server started ahead for this process's mounts (on), or stop the idle one (off). */
+/** Keep spare servers started ahead for this process's mounts (on), or stop the idle ones (off). */
 export function useSpareServers(on: boolean): void {
-  sparesOn = on;
-  if (on) startSpare();
-  else if (spare) {
-    const s = spare;
-    spare = null;
-    s.kill('SIGTERM');
+  sparesOn = on && SPARES > 0;
+  if (sparesOn) startSpares();
+  else for (const s of spares.splice(0)) s.child.kill('SIGTERM');
+}
+
+function dropSpare(child: ChildProcess): void {
+  const i = spares.findIndex((s) => s.child === child);
+  if (i >= 0) spares.splice(i, 1);
+}
+
+function startSpares(): void {
+  while (sparesOn && spares.length < SPARES) {
+    let child: ChildProcess;
+    try {
+      child = startProcess(['--spare'], 'pipe');
+    } catch {
+      return;
+    }
+    child.once('exit', () => dropSpare(child));
+    child.once('error', () => dropSpare(child));
+    child.stdin!.on('error', () => undefined);
+    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+    const loaded = new Promise<void>((resolve) => {
+      const onData = (d: Buffer) => {
+        if (!d.toString().includes('"spare"')) return;
+        pipe.off('data', onData);
+        resolve();
+      };
+      pipe.on('data', onData);
+      child.once('exit', () => resolve());
+    });
+    spares.push({ child, loaded });
+    // an idle spare keeps nothing of ours alive
+    child.unref();
+    (child.stdin as unknown as { unref?(): void }).unref?.();
+    (pipe as unknown as { unref?(): void }).unref?.();
   }
 }
 
-function startSpare(): void {
-  if (!sparesOn || spare) return;
-  let s: ChildProcess;
+/** Resolves once every current spare has loaded everything and waits for a mount (benchmarks, tests). */
+export async function spareReady(): Promise<void> {
+  const now = [...spares];
+  const pipes = now.map((s) => s.child.stdio[3] as unknown as { ref?(): void; unref?(): void });
+  for (const p of pipes) p.ref?.(); // wait with the loop alive
   try {
-    s = startProcess(['--spare'], 'pipe');
-  } catch {
-    return;
+    await Promise.all(now.map((s) => s.loaded));
+  } finally {
+    for (let i = 0; i < now.length; i++) if (spares.includes(now[i]!)) pipes[i]!.unref?.();
   }
-  spare = s;
-  s.once('exit', () => {
-    if (spare === s) spare = null;
-  });
-  s.once('error', () => {
-    if (spare === s) spare = null;
-  });
-  s.stdin!.on('error', () => undefined);
-  const pipe = s.stdio[3] as NodeJS.ReadableStream;
-  spareLoaded = new Promise<void>((resolve) => {
-    const onData = (d: Buffer) => {
-      if (!d.toString().includes('"spare"')) return;
-      pipe.off('data', onData);
-      resolve();
-    };
-    pipe.on('data', onData);
-    s.once('exit', () => resolve());
-  });
-  // an idle spare keeps nothing of ours alive
-  s.unref();
-  (s.stdin as unknown as { unref?(): void }).unref?.();
-  (s.stdio[3] as unknown as { unref?(): void }).unref?.();
-}
-
-/** Resolves once the current spare (if any) has loaded everything and waits for a mount (benchmarks). */
-export function spareReady(): Promise<void> {
-  const s = spare;
-  if (!s) return Promise.resolve();
-  const pipe = s.stdio[3] as unknown as { ref?(): void; unref?(): void };
-  pipe.ref?.(); // wait with the loop alive
-  return spareLoaded.finally(() => {
-    if (spare === s) pipe.unref?.();
-  });
 }
 
 function waitReady(child: ChildProcess, timeoutMs: number): Promise<ReadyMessage> {
@@ -169,9 +170,8 @@ function waitReady(child: ChildProcess, timeoutMs: number): Promise<ReadyMessage
 export async function spawnServer(args: string[], opts: { timeoutMs?: number } = {}): Promise<{ pid: number }> {
   const serverArgs = ['-f', '--ready-fd', '3', ...args];
   let child: ChildProcess;
-  const s = spare;
+  const s = spares.shift()?.child;
   if (s && s.exitCode === null && s.signalCode === null && s.stdin?.writable) {
-    spare = null;
     child = s;
     s.stdin.end(JSON.stringify({ argv: serverArgs }) + '\n');
     (s as unknown as { ref(): void }).ref();
@@ -181,7 +181,7 @@ export async function spawnServer(args: string[], opts: { timeoutMs?: number } =
   const msg = await waitReady(child, opts.timeoutMs ?? 30_000);
   (child.stdio[3] as unknown as { destroy(): void }).destroy();
   // the next mount's spare starts now, while this one is served
-  startSpare();
+  startSpares();
   if (!msg.ready) {
     if (child.exitCode === null) child.kill('SIGKILL');
     throw new LayerfsError('EMOUNT', 'fuse', msg.error ?? 'unknown failure');

@@ -103,7 +103,7 @@ function passed(o: Outcome): string[] {
   return [...o.cases].filter(([, c]) => c.result === 'PASS').map(([n]) => n);
 }
 
-/** The suite's cases (20 in containerd 1.6; Rename is skipped on both sides: it needs a kernel overlay with redirect_dir). */
+/** The suite's cases (20 in containerd 1.6, and Rename, which the suite itself skips: "still fails on some kernels with overlay"). */
 function suiteCases(o: Outcome): [string, { result: string; secs: number }][] {
   return [...o.cases].filter(([n]) => !n.startsWith('Test'));
 }

@@ -3,10 +3,12 @@
  * With -f it serves in the foreground until unmounted; without, it starts itself detached and returns when the
  * mount is ready. With --ready-fd it reports {"ready":true,"pid":N} or {"error":"..."} as one JSON line on that fd.
  */
-import { closeSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { logger } from '../common/log.js';
+import { native } from '../common/native.js';
 import { parseMountOptions, parseServerArgs } from './options.js';
 import { serve } from './server.js';
-import { spawnServer } from './spawn.js';
+import { spareArgsDir, spareArgsFile, spawnServer } from './spawn.js';
 
 function report(fd: number | undefined, msg: object): void {
   if (fd === undefined) return;
@@ -18,7 +20,56 @@ function report(fd: number | undefined, msg: object): void {
   }
 }
 
+/** The first line on stdin, or null at EOF without one. */
+function readLine(): Promise<string | null> {
+  return new Promise((resolve) => {
+    let buf = '';
+    const input = process.stdin;
+    const finish = (v: string | null) => {
+      input.removeAllListeners('data');
+      input.pause();
+      input.destroy();
+      resolve(v);
+    };
+    input.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const nl = buf.indexOf('\n');
+      if (nl >= 0) finish(buf.slice(0, nl));
+    });
+    input.on('end', () => finish(null));
+    input.on('error', () => finish(null));
+  });
+}
+
+/**
+ * `--spare`: a server started ahead of its mount (spawn.ts): everything is loaded; wait for the mount's command
+ * line on stdin, record it where listServers finds it (our /proc cmdline says only --spare), then serve.
+ */
+async function spareMain(): Promise<void> {
+  const file = spareArgsFile(process.pid);
+  rmSync(file, { force: true }); // a former process of this pid's
+  logger(); // the logger's set-up is part of what a spare does ahead
+  void native;
+  try {
+    writeSync(3, JSON.stringify({ spare: true }) + '\n'); // loaded (the ready line on fd 3 follows the mount)
+  } catch {
+    // the starter went away: the read below sees EOF
+  }
+  const line = await readLine();
+  if (line === null) process.exit(0); // its starter went away
+  const argv = (JSON.parse(line) as { argv: string[] }).argv;
+  try {
+    mkdirSync(spareArgsDir(), { recursive: true, mode: 0o700 });
+    writeFileSync(file, argv.join('\0'));
+    process.on('exit', () => rmSync(file, { force: true }));
+  } catch (err) {
+    process.stderr.write(`layerfs: fuse: cannot record the server's arguments in ${file}: ${(err as Error).message}\n`);
+  }
+  await serverMain(argv);
+}
+
 export async function serverMain(argv: string[]): Promise<void> {
+  if (argv[0] === '--spare') return spareMain();
   const a = parseServerArgs(argv);
   const mnt = a.positional[a.positional.length - 1] ?? '';
   try {

@@ -1,14 +1,15 @@
 /**
  * The FUSE server processes running on this host, found by their command lines (/proc/<pid>/cmdline), as spawnServer
  * starts them: `node [node flags] .../server-main.js -f --ready-fd 3 -o lowerdir=...,upperdir=... MNT`. The mount
- * table says only `fuse.layerfs` for a mount of ours; which dirs it serves is in its server's arguments. Reads /proc
- * only: never touches a mount.
+ * table says only `fuse.layerfs` for a mount of ours; which dirs it serves is in its server's arguments (a server
+ * started as a spare, `server-main.js --spare`, recorded them in spareArgsFile(pid)). Reads /proc (and those
+ * files) only: never touches a mount.
  */
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { processAlive } from '../common/proc.js';
 import { parseMountOptions, parseServerArgs } from './options.js';
-import { SERVER_MAIN } from './spawn.js';
+import { SERVER_MAIN, spareArgsFile } from './spawn.js';
 
 export interface ServerProcess {
   pid: number;
@@ -56,8 +57,15 @@ export async function listServers(): Promise<ServerProcess[]> {
     if (pid === process.pid) continue;
     const raw = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
     if (!raw.includes(ENTRY)) continue;
-    const argv = raw.split('\0');
+    let argv = raw.split('\0');
     if (argv.at(-1) === '') argv.pop();
+    const at = argv.findIndex((a, i) => i > 0 && path.basename(a) === ENTRY);
+    if (at > 0 && argv[at + 1] === '--spare') {
+      // a server started as a spare (spawn.ts): its mount's arguments are in a file; none yet: an idle spare
+      const args = await readFile(spareArgsFile(pid), 'utf8').catch(() => null);
+      if (args === null) continue;
+      argv = [...argv.slice(0, at + 1), ...args.split('\0')];
+    }
     const s = serverOfCmdline(argv);
     if (!s || !processAlive(pid)) continue;
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');

@@ -7,7 +7,9 @@ import * as protoLoader from '@grpc/proto-loader';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseIsoNs } from '../common/clock.js';
 import { logger } from '../common/log.js';
+import { useSpareServers } from '../fuse/spawn.js';
 import { grpcCodeOf, Snapshotter, type Mount, type SnapshotInfo, type SnapshotterOptions } from './snapshots.js';
 
 /** `<repo>/proto` (this file is `dist/src/snapshotter/server.js` once built). */
@@ -25,9 +27,9 @@ interface Timestamp {
   nanos: number;
 }
 
-function ts(d: Date): Timestamp {
-  const ms = d.getTime();
-  return { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+/** Our records hold RFC 3339 times with nanoseconds (src/common/clock.ts). */
+function ts(iso: string): Timestamp {
+  return parseIsoNs(iso);
 }
 
 function wireInfo(i: SnapshotInfo) {
@@ -72,6 +74,8 @@ export interface RunningServer {
 /** Start serving on `address` (a unix socket path; a stale socket file is replaced). */
 export async function startSnapshotterServer(address: string, opts: SnapshotterOptions): Promise<RunningServer> {
   const sn = new Snapshotter(opts);
+  // FUSE: keep a server process started ahead, so a Prepare/View does not wait for a node start-up
+  if (opts.driver === 'fuse') useSpareServers(true);
   const Service = loadSnapshotsService();
   const server = new grpc.Server();
   server.addService(Service.service, {
@@ -118,6 +122,7 @@ export async function startSnapshotterServer(address: string, opts: SnapshotterO
     address: sock,
     async stop() {
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      if (opts.driver === 'fuse') useSpareServers(false);
       await sn.close();
       await rm(sock, { force: true });
     },

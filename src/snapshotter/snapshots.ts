@@ -7,7 +7,8 @@
  *    chainID (the metadata layer prefixes `<namespace>/<n>/`), so the layer id is that chainID and
  *    a reader host scanning the store sees the layer under the id `layerfs image import` would give
  *    it. Commit renames the upper dir into a staged layer dir and publishes it (no copy); across
- *    filesystems (EXDEV) it falls back to exportDiff + apply.
+ *    filesystems (EXDEV), or while the snapshot is still mounted (containerd allows that), it
+ *    copies (exportDiff + apply) and the RW layer goes once unmounted.
  *  - View = a record only (its parent's layers, read-only).
  * Records live in the index's `snapshot` sublevel (key -> kind, parent, labels, times, layer).
  */
@@ -15,6 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, realpath, rename, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { applyLayer, exportDiff } from '../archive/index.js';
+import { isoNs } from '../common/clock.js';
 import { contentSize } from '../common/du.js';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
@@ -84,8 +86,9 @@ export interface SnapshotInfo {
   name: string;
   parent: string;
   kind: 'VIEW' | 'ACTIVE' | 'COMMITTED';
-  created: Date;
-  updated: Date;
+  /** RFC 3339 with nanoseconds (src/common/clock.ts). */
+  created: string;
+  updated: string;
   labels: Record<string, string>;
 }
 
@@ -114,7 +117,7 @@ export function layerIdForName(name: string): string {
 const kindName = { view: 'VIEW', active: 'ACTIVE', committed: 'COMMITTED' } as const;
 
 export function toInfo(r: SnapshotRecord): SnapshotInfo {
-  return { name: r.key, parent: r.parent ?? '', kind: kindName[r.kind], created: new Date(r.created), updated: new Date(r.updated), labels: r.labels };
+  return { name: r.key, parent: r.parent ?? '', kind: kindName[r.kind], created: r.created, updated: r.updated, labels: r.labels };
 }
 
 /** Sum of allocated bytes (st_blocks * 512, hard links once) and inodes under a dir, as containerd's fs.DiskUsage. */
@@ -193,6 +196,8 @@ export class Snapshotter {
   private pending = 0;
   private idle: NodeJS.Timeout | undefined;
   private readonly idleMs: number;
+  /** RW layers of snapshots committed while mounted, removed once unmounted (reapRetired). */
+  private readonly retired = new Set<string>();
 
   constructor(readonly opts: SnapshotterOptions) {
     this.idleMs = opts.idleMs ?? 100;
@@ -207,7 +212,9 @@ export class Snapshotter {
         if (!this.svc) await this.borrowDaemonIndex();
         this.svc ??= await Service.open({ root: this.opts.root, ...(this.opts.shared ? { shared: this.opts.shared } : {}), ...(this.opts.role ? { role: this.opts.role } : {}), ...(this.opts.lockTimeoutMs !== undefined ? { lockTimeoutMs: this.opts.lockTimeoutMs } : {}) });
         try {
-          return await fn(this.svc);
+          const res = await fn(this.svc);
+          if (opts.changesUsers && this.retired.size) await this.reapRetired(this.svc);
+          return res;
         } finally {
           // the layers this host's snapshots use are leased on the shared store (src/usage)
           if (opts.changesUsers) await this.svc.lifetime.usersChanged();
@@ -299,7 +306,7 @@ export class Snapshotter {
       if (await svc.index.getSnapshot(key)) throw new SnapshotError('AlreadyExists', `snapshot ${key} already exists`);
       const p = await this.committedParent(svc, parent);
       if (p?.layer) await svc.lifetime.claim((await svc.chain(p.layer)).map((l) => l.id).reverse());
-      const now = new Date().toISOString();
+      const now = isoNs();
       const rec: SnapshotRecord = { key, kind, parent: p ? p.key : null, labels: { ...labels }, created: now, updated: now, layer: p?.layer ?? null };
       if (kind === 'active') {
         const id = randomBytes(32).toString('hex');
@@ -325,17 +332,28 @@ export class Snapshotter {
     const store = svc.store;
     if (rec.kind === 'committed') throw new SnapshotError('FailedPrecondition', `snapshot ${rec.key} is committed: it has no mounts (view or prepare on top of it)`);
     const chain = rec.kind === 'active' ? ((await svc.index.getLayer(rec.layer!))?.parent ?? null) : rec.layer;
-    const lowers = chain ? (await svc.chain(chain)).map((l) => store.diffDir(l.id)).reverse() : [];
+    const layers = chain ? (await svc.chain(chain)).map((l) => l.id).reverse() : [];
     if (rec.kind === 'view') {
-      if (lowers.length === 0) return [bind(await this.emptyDir(svc), 'ro')];
-      if (lowers.length === 1) return [bind(lowers[0]!, 'ro')];
+      if (layers.length === 0) return [bind(await this.emptyDir(svc), 'ro')];
+      if (layers.length === 1) return [bind(store.diffDir(layers[0]!), 'ro')];
       if (this.opts.driver === 'fuse') return [bind(await this.fuseView(svc, rec), 'ro')];
-      return [{ type: 'overlay', source: 'overlay', target: '', options: ['index=off', `lowerdir=${lowers.join(':')}`] }];
+      return [{ type: 'overlay', source: 'overlay', target: '', options: ['index=off', `lowerdir=${(await this.shortLowers(svc, layers)).join(':')}`] }];
     }
     const dir = store.layerDir(rec.layer!);
-    if (lowers.length === 0) return [bind(path.join(dir, 'diff'), 'rw')];
+    if (layers.length === 0) return [bind(path.join(dir, 'diff'), 'rw')];
     if (this.opts.driver === 'fuse') return [bind(await this.fuseActive(svc, rec), 'rw')];
-    return [{ type: 'overlay', source: 'overlay', target: '', options: ['index=off', `workdir=${path.join(dir, 'work')}`, `upperdir=${path.join(dir, 'diff')}`, `lowerdir=${lowers.join(':')}`] }];
+    return [{ type: 'overlay', source: 'overlay', target: '', options: ['index=off', `workdir=${path.join(dir, 'work')}`, `upperdir=${path.join(dir, 'diff')}`, `lowerdir=${(await this.shortLowers(svc, layers)).join(':')}`] }];
+  }
+
+  /**
+   * Lower dirs as absolute paths of the layers' short links, `<root>/overlay/RO/l/<10 chars>`
+   * (top first). containerd's mount code (mount.Mount on Linux), when an overlay's options come
+   * near a page, chdirs to the parent of the lowerdirs' longest common prefix and passes them
+   * relative to it: that is `<root>/overlay/RO/l`, leaving 11 bytes a layer, so 128 and more
+   * layers fit in the page (`<root>/overlay/<64 hex>/diff` would leave 70: 55 layers at most).
+   */
+  private async shortLowers(svc: Service, layers: string[]): Promise<string[]> {
+    return Promise.all(layers.map(async (id) => path.join(svc.store.mountBase, await svc.store.shortLowerPath(id))));
   }
 
   /** FUSE: the RW layer's merged view, mounted once (kept across snapshotter restarts: the servers are their own processes). */
@@ -360,17 +378,39 @@ export class Snapshotter {
     return [];
   }
 
+  /** Mount points (not ours) using a snapshot: an overlay over its upper dir, binds of it or of our FUSE mount of it. */
+  private async usersOf(svc: Service, rec: SnapshotRecord): Promise<string[]> {
+    const own = await this.ownMounts(svc, rec);
+    if (rec.kind !== 'active') return own.length ? mountUsers([], own) : [];
+    return mountUsers([svc.store.diffDir(rec.layer!)], own);
+  }
+
   private async assertNotInUse(svc: Service, rec: SnapshotRecord): Promise<void> {
-    if (rec.kind !== 'active') {
-      const own = await this.ownMounts(svc, rec);
-      if (!own.length) return;
-      const users = await mountUsers([], own);
-      if (users.length) throw new SnapshotError('FailedPrecondition', `snapshot ${rec.key} is in use: mounted at ${users.join(', ')}`);
-      return;
-    }
-    const dir = svc.store.layerDir(rec.layer!);
-    const users = await mountUsers([path.join(dir, 'diff')], await this.ownMounts(svc, rec));
+    const users = await this.usersOf(svc, rec);
     if (users.length) throw new SnapshotError('FailedPrecondition', `snapshot ${rec.key} is in use: mounted at ${users.join(', ')}`);
+  }
+
+  /**
+   * RW layers of snapshots committed while mounted (their upper was copied): removed, with our
+   * FUSE mounts of them, once nothing mounts them any more. Runs after requests that change
+   * snapshots; Cleanup finds the ones a restart forgot (orphan RW layers).
+   */
+  private async reapRetired(svc: Service): Promise<void> {
+    for (const id of [...this.retired]) {
+      try {
+        if (!(await svc.index.getLayer(id))) {
+          this.retired.delete(id);
+          continue;
+        }
+        const own = (await svc.index.listMounts()).filter((m) => m.layer === id);
+        if ((await mountUsers([svc.store.diffDir(id)], own.map((m) => m.mountpoint))).length) continue;
+        for (const m of own) await driverFor(m.driver, svc.store, svc.index).unmount(m.mountpoint, { force: true });
+        await this.driver(svc).remove(id);
+        this.retired.delete(id);
+      } catch (err) {
+        logger().warn({ err, layer: id }, 'cannot remove the RW layer of a snapshot committed while mounted (yet)');
+      }
+    }
   }
 
   private async unmountOwn(svc: Service, rec: SnapshotRecord): Promise<void> {
@@ -387,21 +427,31 @@ export class Snapshotter {
       const a = await this.get(svc, key);
       if (a.kind !== 'active') throw new SnapshotError('FailedPrecondition', `snapshot ${key} is not active`);
       if (await svc.index.getSnapshot(name)) throw new SnapshotError('AlreadyExists', `snapshot ${name} already exists`);
-      await this.assertNotInUse(svc, a);
-      await this.unmountOwn(svc, a);
       const rw = await svc.index.getLayer(a.layer!);
       if (!rw) throw new SnapshotError('NotFound', `RW layer ${a.layer} of snapshot ${key} is gone`);
       const id = layerIdForName(name);
-      await this.commitLayer(svc, rw, id);
-      await this.driver(svc).remove(rw.id);
-      const now = new Date().toISOString();
+      // containerd's overlayfs snapshotter commits a snapshot that is still mounted (its own test
+      // suite does: prepare, mount, write, commit, unmount); so do we: while something mounts the
+      // upper dir, it is copied, and the RW layer (and our FUSE mount of it) stays until nothing
+      // uses it (reaped by later requests and by Cleanup); when unused, it is renamed (no copy)
+      const users = await this.usersOf(svc, a);
+      if (users.length) {
+        await this.commitLayer(svc, rw, id, { copy: true });
+        this.retired.add(rw.id);
+        logger().debug({ key, layer: rw.id, users }, 'commit of a mounted snapshot: upper copied; the RW layer stays until unmounted');
+      } else {
+        await this.unmountOwn(svc, a);
+        await this.commitLayer(svc, rw, id);
+        await this.driver(svc).remove(rw.id);
+      }
+      const now = isoNs();
       await dropSnapshot(svc, key);
       await saveSnapshot(svc, { key: name, kind: 'committed', parent: a.parent, labels: { ...a.labels, ...labels }, created: now, updated: now, layer: id });
     }, { changesUsers: true });
   }
 
   /** The RW layer's upper dir becomes RO layer `id` on the shared store (renamed, or copied across filesystems). */
-  private async commitLayer(svc: Service, rw: LayerRecord, id: string): Promise<void> {
+  private async commitLayer(svc: Service, rw: LayerRecord, id: string, opts: { copy?: boolean } = {}): Promise<void> {
     const store = svc.store;
     const upper = store.diffDir(rw.id);
     await store.withWriteLock(`snapshot commit ${id}`, async () => {
@@ -415,7 +465,7 @@ export class Snapshotter {
       const tmp = await store.stageLayer();
       try {
         let moved = false;
-        if (process.env.LAYERFS_SNAPSHOT_COMMIT !== 'copy') {
+        if (!opts.copy && process.env.LAYERFS_SNAPSHOT_COMMIT !== 'copy') {
           await rmdir(path.join(tmp, 'diff'));
           try {
             await rename(upper, path.join(tmp, 'diff'));
@@ -498,7 +548,7 @@ export class Snapshotter {
       }
       for (const k of Object.keys(labels)) if (labels[k] === '') delete labels[k];
       rec.labels = labels;
-      rec.updated = new Date().toISOString();
+      rec.updated = isoNs();
       await saveSnapshot(svc, rec);
       return toInfo(rec);
     });
@@ -530,7 +580,8 @@ export class Snapshotter {
       for (const l of await svc.index.listLayers()) {
         if (!l.rw || !l.name?.startsWith(RW_NAME_PREFIX) || used.has(l.id)) continue;
         const mounted = (await svc.index.listMounts()).filter((m) => m.layer === l.id);
-        if (mounted.length && (await mountUsers([svc.store.diffDir(l.id)], mounted.map((m) => m.mountpoint))).length) continue;
+        // still mounted by someone (e.g. a snapshot committed while mounted: its upper was copied)
+        if ((await mountUsers([svc.store.diffDir(l.id)], mounted.map((m) => m.mountpoint))).length) continue;
         for (const m of mounted) await driverFor(m.driver, svc.store, svc.index).unmount(m.mountpoint, { force: true }).catch(() => undefined);
         logger().info({ layer: l.id }, 'cleanup: removing orphan RW layer');
         await this.driver(svc).remove(l.id).catch((err: unknown) => logger().warn({ err, layer: l.id }, 'cleanup: cannot remove'));

@@ -1,0 +1,72 @@
+/**
+ * Issue #16, "kernel-exact FUSE view": behaviours where the FUSE overlay must match kernel overlay exactly, on every
+ * transport of the shared table. Servers run in child processes; this process touches the mounts only with async
+ * calls and child processes. Every mount is undone in finally/after.
+ */
+import { before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { native } from '../src/common/native.js';
+import { FUSE_TRANSPORTS, mountFuse, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
+import { SIGWALK_C } from './lib/sigwalk.js';
+
+const run = promisify(execFile);
+const { live, dirs } = undoAfter();
+
+async function withMount<T>(m: Promise<Mounted>, fn: (m: Mounted) => Promise<T>): Promise<T> {
+  const mm = await m;
+  live.push(mm);
+  try {
+    return await fn(mm);
+  } finally {
+    await mm.stop().catch(() => undefined);
+  }
+}
+
+let scratch = '';
+let sigwalk = '';
+before(async () => {
+  scratch = await tmpDir('fexact');
+  dirs.push(scratch);
+  await writeFile(path.join(scratch, 'sigwalk.c'), SIGWALK_C);
+  sigwalk = path.join(scratch, 'sigwalk');
+  await run('cc', ['-O2', '-o', sigwalk, path.join(scratch, 'sigwalk.c')]);
+});
+
+async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: string[]; upper: string; work: string; mnt: string }> {
+  const dir = path.join(scratch, tag);
+  const lowers = Array.from({ length: layers }, (_, i) => path.join(dir, `l${i}`));
+  const [upper, work, mnt] = ['u', 'w', 'm'].map((d) => path.join(dir, d));
+  for (const d of [...lowers, upper, work, mnt]) await mkdir(d, { recursive: true });
+  return { dir, lowers, upper, work, mnt };
+}
+
+for (const transport of FUSE_TRANSPORTS) {
+  describe(`kernel-exact view (${transport})`, () => {
+    test('a caller taking a signal every 100 us never sees EINTR from stat, xattr reads or readdir', { timeout: 120_000 }, async () => {
+      const f = await fixture(`eintr-${transport}`);
+      for (let d = 0; d < 30; d++) {
+        const sub = path.join(f.lowers[0], `d${d}`);
+        await mkdir(sub);
+        for (let i = 0; i < 60; i++) {
+          const p = path.join(sub, `f${i}`);
+          await writeFile(p, 'x');
+          if (i % 3 === 0) native.lsetxattr(p, 'user.x', Buffer.from('v'), 0);
+        }
+      }
+      await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), async (m) => {
+        const res = await run(sigwalk, [m.mnt, '4']).then(
+          (r) => ({ ok: true, out: r.stdout, err: r.stderr }),
+          (e: { stdout?: string; stderr?: string }) => ({ ok: false, out: e.stdout ?? '', err: e.stderr ?? '' }),
+        );
+        console.log(`# ${transport}: ${res.out.trim()} ${res.err.trim().split('\n').slice(0, 3).join('; ')}`);
+        assert.ok(res.ok, `EINTR seen: ${res.out} ${res.err}`);
+        const counts = JSON.parse(res.out) as { calls: number; signals: number };
+        assert.ok(counts.calls > 5000 && counts.signals > 1000, `too little done to tell: ${res.out}`);
+      });
+    });
+  });
+}

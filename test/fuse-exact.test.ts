@@ -6,11 +6,11 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { native } from '../src/common/native.js';
-import { FUSE_TRANSPORTS, mountFuse, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
+import { diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
 import { SIGWALK_C } from './lib/sigwalk.js';
 
 const run = promisify(execFile);
@@ -46,6 +46,28 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('a renamed lower dir with a removed entry: the upper, mounted by kernel overlay, shows the same tree', async () => {
+      const f = await fixture(`mvdir-${transport}`);
+      const L = f.lowers[0];
+      for (const p of ['D/a', 'D/b', 'N/S/a', 'N/S/b']) {
+        await mkdir(path.dirname(path.join(L, p)), { recursive: true });
+        await writeFile(path.join(L, p), p);
+      }
+      const o = { mtime: true };
+      const ours = await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), async (m) => {
+        await unlink(path.join(m.mnt, 'D/a'));
+        await rename(path.join(m.mnt, 'D'), path.join(m.mnt, 'E'));
+        await unlink(path.join(m.mnt, 'N/S/a'));
+        await rename(path.join(m.mnt, 'N'), path.join(m.mnt, 'M'));
+        assert.deepEqual(await readdir(path.join(m.mnt, 'E')), ['b']);
+        assert.deepEqual(await readdir(path.join(m.mnt, 'M/S')), ['b']);
+        return snapshot(m.mnt, o);
+      });
+      await withMount(mountKernel(f.lowers, path.join(f.dir, 'k'), f.upper, f.work, { exact: true }), async (k) => {
+        assert.deepEqual(diffSnapshots(ours, await snapshot(k.mnt, o), 'fuse', 'kernel-on-fuse-upper'), []);
+      });
+    });
+
     test('a caller taking a signal every 100 us never sees EINTR from stat, xattr reads or readdir', { timeout: 120_000 }, async () => {
       const f = await fixture(`eintr-${transport}`);
       for (let d = 0; d < 30; d++) {

@@ -115,10 +115,12 @@ export interface Mounted {
   stop(): Promise<void>;
 }
 
-export async function mountKernel(lowers: string[], mnt: string, upper?: string, work?: string): Promise<Mounted> {
+/** A kernel overlay mount; with an upper, `redirect_dir=off,index=off` unless `exact` asks for the configuration the
+ *  FUSE overlay copies (`index=on,redirect_dir=on`: dir renames and shared lower hardlinks). */
+export async function mountKernel(lowers: string[], mnt: string, upper?: string, work?: string, o2: { exact?: boolean } = {}): Promise<Mounted> {
   await mkdir(mnt, { recursive: true });
   let o = `lowerdir=${lowers.join(':')}`;
-  if (upper) o += `,upperdir=${upper},workdir=${work},redirect_dir=off,index=off,metacopy=off`;
+  if (upper) o += `,upperdir=${upper},workdir=${work},${o2.exact ? 'redirect_dir=on,index=on' : 'redirect_dir=off,index=off'},metacopy=off`;
   await run('mount', ['-t', 'overlay', 'overlay', '-o', o, mnt]);
   return { mnt, stop: () => forceUnmount(mnt) };
 }

@@ -926,7 +926,11 @@ export class Overlay implements CopyUpHost {
   private async prepareMove(n: Node): Promise<void> {
     if (n.kind === 'dir' && n.lowerDirs.length > 0) {
       await copyUpTree(this, n);
-      setOpaque(this.upperPath(n));
+      const top = this.upperPath(n);
+      setOpaque(top);
+      // nothing below is merged any more: whiteouts in the copied tree would hide nothing, and kernel overlay, which
+      // merges nothing under an opaque dir either, would list them as broken entries
+      await dropWhiteouts(top);
       clearLowers(n);
     } else {
       await this.copyUp(n);
@@ -1419,6 +1423,19 @@ function mustBeFile(n: Node): void {
 function clearLowers(n: Node): void {
   n.lowerDirs = [];
   for (const c of n.children.values()) if (c && c.kind === 'dir') clearLowers(c);
+}
+
+/** Remove the whiteouts (both forms) of an upper tree that merges no lower dir any more. */
+async function dropWhiteouts(dir: string): Promise<void> {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await dropWhiteouts(p);
+    else if (e.name.startsWith(WH_PREFIX)) unlinkSync(p);
+    else if (e.isCharacterDevice()) {
+      const st = await lstatOrNull(p);
+      if (st && isWhiteoutStat(st)) unlinkSync(p);
+    }
+  }
 }
 
 async function clearDir(dir: string): Promise<void> {

@@ -95,9 +95,14 @@ static int get_str(napi_env env, napi_value v, char *buf, size_t len) {
     return NULL;                                                  \
   }
 
+/* A string argument; one too long for its buffer fails as the syscall would: ERANGE for an xattr name (NAME_BUF),
+   ENAMETOOLONG for a path. */
 #define STR(i, buf)                                               \
   if (get_str(env, argv[i], buf, sizeof buf) != 0) {              \
-    napi_throw_type_error(env, NULL, "expected a string (or too long)"); \
+    napi_valuetype t_;                                            \
+    napi_typeof(env, argv[i], &t_);                               \
+    if (t_ == napi_string) return throw_errno(env, sizeof buf == NAME_BUF ? ERANGE : ENAMETOOLONG, "argument", NULL); \
+    napi_throw_type_error(env, NULL, "expected a string");        \
     return NULL;                                                  \
   }
 

@@ -12,9 +12,10 @@ import { promisify } from 'node:util';
 import { native } from '../src/common/native.js';
 import { diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
 import { SIGWALK_C } from './lib/sigwalk.js';
+import { XATTR_PROBE_PY } from './lib/xattrprobe.js';
 
 const run = promisify(execFile);
-const { live, dirs } = undoAfter();
+const { live, dirs, mounts } = undoAfter();
 
 async function withMount<T>(m: Promise<Mounted>, fn: (m: Mounted) => Promise<T>): Promise<T> {
   const mm = await m;
@@ -46,6 +47,50 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('xattrs: exact sizes, ERANGE for a small buffer or a long name, 64 KiB values, 255-byte names; the server survives', async () => {
+      const f = await fixture(`xattr-${transport}`);
+      const lf = path.join(f.lowers[0], 'f');
+      await writeFile(lf, 'x');
+      native.lsetxattr(lf, 'user.one', Buffer.from('0123456789'), 0);
+      native.lsetxattr(lf, 'user.two', Buffer.from('ab'), 0);
+      const probe = path.join(f.dir, 'probe.py');
+      await writeFile(probe, XATTR_PROBE_PY);
+      const ask = async (p: string, ...specs: string[]) => JSON.parse((await run('python3', [probe, p, ...specs])).stdout) as Record<string, unknown>;
+      // the same answers as the lower file itself, read directly
+      const specs = ['get:user.one:0', 'get:user.one:4', 'get:user.one:10', 'get:user.nope:4', 'list::0', 'list::5', 'list::18', `get:user.${'n'.repeat(300)}:4`];
+      const want = await ask(lf, ...specs);
+      assert.deepEqual(want['get:user.one:4'], 'ERANGE');
+      assert.deepEqual(want['list::5'], 'ERANGE');
+      // the upper on a tmpfs: ext4 keeps a file's xattrs in one 4 KiB block (ENOSPC for 64 KiB, through any overlay)
+      const t = path.join(f.dir, 't');
+      await mkdir(t);
+      await run('mount', ['-t', 'tmpfs', 'tmpfs', t]);
+      mounts.push(t);
+      const [upper, work] = [path.join(t, 'u'), path.join(t, 'w')];
+      await mkdir(upper);
+      await mkdir(work);
+      await withMount(mountFuse(f.lowers, f.mnt, upper, work, transport), async (m) => {
+        const mf = path.join(m.mnt, 'f');
+        assert.deepEqual(await ask(mf, ...specs), want);
+        // values up to the kernel's 64 KiB, names up to 255 bytes, through a copy-up
+        const big = Buffer.alloc(65536, 7);
+        const long = 'user.' + 'l'.repeat(250);
+        await run('python3', ['-c', `import os,sys; os.setxattr(sys.argv[1], 'user.big', bytes([7])*65536, follow_symlinks=False); os.setxattr(sys.argv[1], '${long}', b'v', follow_symlinks=False)`, mf]);
+        const got = await ask(mf, 'get:user.big:0', 'get:user.big:65536', `get:${long}:1`);
+        assert.equal(got['get:user.big:0'], 65536);
+        assert.equal((got['get:user.big:65536'] as [number, string])[1], big.toString('hex'));
+        assert.deepEqual(got[`get:${long}:1`], [1, '76']);
+        const names = ['user.one', 'user.two', 'user.big', long];
+        const len = names.reduce((a, n) => a + n.length + 1, 0);
+        const all = await ask(mf, 'list::0', `list::${len}`, `list::${len - 1}`);
+        assert.equal(all['list::0'], len);
+        assert.deepEqual(Buffer.from((all[`list::${len}`] as [number, string])[1], 'hex').toString().split('\0').filter(Boolean).sort(), names.sort());
+        assert.equal(all[`list::${len - 1}`], 'ERANGE');
+        // still serving
+        assert.deepEqual(await readdir(m.mnt), ['f']);
+      });
+    });
+
     test('a renamed lower dir with a removed entry: the upper, mounted by kernel overlay, shows the same tree', async () => {
       const f = await fixture(`mvdir-${transport}`);
       const L = f.lowers[0];

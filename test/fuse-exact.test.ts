@@ -6,7 +6,7 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { native } from '../src/common/native.js';
@@ -47,6 +47,31 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('st_nlink of a lower hardlink whose other name is hidden: the same as kernel overlay through copy-up, link and remount', async () => {
+      const f = await fixture(`nlink-${transport}`, 2);
+      const [L1, L0] = f.lowers;
+      await writeFile(path.join(L0, 'f'), 'a');
+      await link(path.join(L0, 'f'), path.join(L0, 'g'));
+      native.mknod(path.join(L1, 'g'), 0o020000, 0, 0); // a whiteout hides g
+      const steps = async (mnt: string): Promise<number[]> => {
+        const nl = async () => (await lstat(path.join(mnt, 'f'))).nlink;
+        const out = [await nl()];
+        await chmod(path.join(mnt, 'f'), 0o600);
+        out.push(await nl());
+        await link(path.join(mnt, 'f'), path.join(mnt, 'h'));
+        out.push(await nl(), (await lstat(path.join(mnt, 'h'))).nlink);
+        return out;
+      };
+      const [ku, kw] = [path.join(f.dir, 'ku'), path.join(f.dir, 'kw')];
+      await mkdir(ku);
+      await mkdir(kw);
+      const want = await withMount(mountKernel(f.lowers, path.join(f.dir, 'k'), ku, kw, { exact: true }), (k) => steps(k.mnt));
+      assert.deepEqual(want, [2, 2, 3, 3]);
+      assert.deepEqual(await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), (m) => steps(m.mnt)), want);
+      const again = await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), async (m) => [(await lstat(path.join(m.mnt, 'h'))).nlink, (await lstat(path.join(m.mnt, 'f'))).nlink]);
+      assert.deepEqual(again, [3, 3], 'after a remount');
+    });
+
     test('xattrs: exact sizes, ERANGE for a small buffer or a long name, 64 KiB values, 255-byte names; the server survives', async () => {
       const f = await fixture(`xattr-${transport}`);
       const lf = path.join(f.lowers[0], 'f');

@@ -97,6 +97,10 @@ async function linkAliases(h: CopyUpHost, n: Node, st: Stats, target: string): P
     await link(target, p);
     await restoreTimes(dir, pst);
   }
+  // names of the lower inode that are not visible (whited out, shadowed by a higher layer) still count in st_nlink
+  const hidden = Math.max(0, st.nlink - (await lstat(target)).nlink);
+  n.nlinkDelta = hidden;
+  if (hidden > 0) writeInoXattr(target, n.ino, hidden);
 }
 
 /** Copy a whole merged tree up (rename of a lower/merged dir). The caller marks the top opaque afterwards. */

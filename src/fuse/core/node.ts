@@ -206,7 +206,9 @@ export class Node {
   set removed(v: boolean) {
     this.bits = v ? this.bits | REMOVED : this.bits & ~REMOVED;
   }
-  /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink. */
+  /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink (<= 0). Upper files:
+   *  names of the lower inode hidden when it was copied up (not linked to the upper inode), added to the upper
+   *  st_nlink (>= 0), as kernel overlay (index=on) counts them. */
   nlinkDelta = 0;
   /** Known to have no visible xattrs (the kernel asks for security.capability before every write): getxattr
    *  answers ENODATA without a syscall. Cleared by setxattr and copy-up; removing xattrs keeps it true. */

@@ -31,7 +31,7 @@ import { Mutex } from './mutex.js';
 import { loopTurn, RangeCopier } from './rangecopy.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
-import { isPrivateXattr, listVisible, readInoXattr } from './xattr.js';
+import { isPrivateXattr, listVisible, readInoRecord } from './xattr.js';
 
 export interface OverlayOptions {
   /** Lower dirs, top first. */
@@ -228,11 +228,13 @@ export class Overlay implements CopyUpHost {
    * another node (a reused st_ino after a delete, a hardlink across layers) gets a session number instead.
    */
   private newNode(kind: Node['kind'], upper: boolean, st: Stats, layer: number, realPath: string): Node {
-    const recorded = upper && realPath !== this.freshPath ? readInoXattr(realPath) : null;
+    const rec = upper && realPath !== this.freshPath ? readInoRecord(realPath) : null;
+    const recorded = rec?.ino ?? null;
     let ino = upper ? (recorded ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
     if (this.ino32) ino = fit32(ino);
     if (ino <= ROOT_ID || this.nodes.has(ino)) ino = this.fallbackIno();
     const n = new Node(ino, kind, upper);
+    if (rec && kind !== 'dir') n.nlinkDelta = rec.hiddenLinks;
     this.nodes.set(n.ino, n);
     return n;
   }
@@ -453,7 +455,7 @@ export class Overlay implements CopyUpHost {
     if (n.kind === 'dir') {
       // like the kernel: merged dirs report 1 (their real count is unknown without a full merge)
       if ((n.upper && n.lowerDirs.length > 0) || n.lowerDirs.length > 1) nlink = 1;
-    } else if (!n.upper) {
+    } else if (!n.upper || nlink > 0) {
       nlink = Math.max(0, nlink + n.nlinkDelta);
     }
     return {

@@ -6,7 +6,7 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, link, lstat, mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, link, lstat, mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { native } from '../src/common/native.js';
@@ -47,6 +47,41 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('times to the nanosecond: lower stats, utimensat, the upper, copy-up', async () => {
+      const f = await fixture(`times-${transport}`);
+      const L = f.lowers[0];
+      for (const n of ['a', 'b', 'c']) await writeFile(path.join(L, n), n);
+      const T = 1577836800123456789n; // 2020-01-01 00:00:00.123456789
+      const sec = (ns: bigint) => Number(ns / 1_000_000_000n);
+      const setNs = async (p: string, atime: bigint, mtime: bigint) =>
+        run('python3', ['-c', 'import os,sys; os.utime(sys.argv[1], ns=(int(sys.argv[2]), int(sys.argv[3])), follow_symlinks=False)', p, String(atime), String(mtime)]);
+      for (const n of ['a', 'b', 'c']) await setNs(path.join(L, n), T - 1000n, T);
+      // fuse-native's stat and utimens carry milliseconds, and its utimens passes atime for both times (the binding's
+      // limits, see the README): exact there only to the millisecond, and mtime set = atime set
+      const ms = transport === 'fuse-native';
+      const seen = (ns: bigint) => (ms ? (ns / 1_000_000n) * 1_000_000n : ns);
+      await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), async (m) => {
+        const st = async (p: string) => lstat(path.join(m.mnt, p), { bigint: true });
+        assert.equal((await st('a')).mtimeNs, seen(T));
+        assert.equal((await st('a')).atimeNs, seen(T - 1000n));
+        // copy-up (chmod) keeps the lower's exact times in the upper
+        await chmod(path.join(m.mnt, 'a'), 0o600);
+        assert.equal((await lstat(path.join(f.upper, 'a'), { bigint: true })).mtimeNs, T);
+        assert.equal((await st('a')).mtimeNs, seen(T));
+        // a copy-up for a write: the upper's mtime is the write's, the lower's is gone (as on kernel overlay)
+        await appendFile(path.join(m.mnt, 'b'), '+');
+        assert.notEqual((await lstat(path.join(f.upper, 'b'), { bigint: true })).mtimeNs, T);
+        // utimensat with nanoseconds: reported and stored exactly
+        const U = 1634261622637805869n;
+        await setNs(path.join(m.mnt, 'c'), U, ms ? U : U + 1000n);
+        const want = ms ? (U / 1_000_000n) * 1_000_000n : U + 1000n;
+        assert.equal((await st('c')).mtimeNs, want);
+        assert.equal((await lstat(path.join(f.upper, 'c'), { bigint: true })).mtimeNs, want);
+        assert.equal((await lstat(path.join(f.upper, 'c'), { bigint: true })).atimeNs, ms ? want : U);
+        void sec;
+      });
+    });
+
     test('st_nlink of a lower hardlink whose other name is hidden: the same as kernel overlay through copy-up, link and remount', async () => {
       const f = await fixture(`nlink-${transport}`, 2);
       const [L1, L0] = f.lowers;

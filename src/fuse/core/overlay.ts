@@ -6,8 +6,7 @@
  * Concurrency: lookups, getattr, readdir and I/O run concurrently; namespace changes, setattr and copy-up run one
  * at a time under `lock`. A lookup racing a change of the same dir notices through the dir's `gen` and retries.
  */
-import type { Stats } from 'node:fs';
-import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, lutimesSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fstatSync, fsync as fsyncCb, ftruncateSync, lstatSync, openSync, read as readCb, readdirSync, readlinkSync, readSync, write as writeCb, writeSync } from 'node:fs';
+import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fsync as fsyncCb, ftruncateSync, openSync, read as readCb, readdirSync, readlinkSync, readSync, write as writeCb, writeSync } from 'node:fs';
 import { promisify } from 'node:util';
 import {
   link,
@@ -32,6 +31,8 @@ import { loopTurn, RangeCopier } from './rangecopy.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
 import { isPrivateXattr, listVisible, readInoRecord } from './xattr.js';
+import { fstatX, lstatX, type ExactStat } from './stat.js';
+import { UTIME_NOW, UTIME_OMIT } from '../../common/native.js';
 
 export interface OverlayOptions {
   /** Lower dirs, top first. */
@@ -61,7 +62,7 @@ function fit32(ino: number): number {
 const O_ACCMODE = 3;
 
 interface Resolution {
-  st: Stats;
+  st: ExactStat;
   /** The name as a lower listing holds it (the same string, kept by the node instead of the caller's copy). */
   name?: string;
   upper: boolean;
@@ -133,7 +134,7 @@ export class Overlay implements CopyUpHost {
   private freshPath: string | null = null;
   private tmpSeq = 0;
 
-  private constructor(opts: OverlayOptions, rootStat: Stats, layerDevs: number[]) {
+  private constructor(opts: OverlayOptions, rootStat: { dev: number }, layerDevs: number[]) {
     this.lowers = opts.lowerdirs;
     // inode numbers as the kernel's overlay (xino off) gives them when every layer is on one fs: the real st_ino;
     // layers on another fs get their index in the high bits (st_ino < 2^43, 511 layers: below 2^52)
@@ -227,7 +228,7 @@ export class Overlay implements CopyUpHost {
    * the number recorded on an upper copy at copy-up, so a number survives copy-up and remount. A number taken by
    * another node (a reused st_ino after a delete, a hardlink across layers) gets a session number instead.
    */
-  private newNode(kind: Node['kind'], upper: boolean, st: Stats, layer: number, realPath: string): Node {
+  private newNode(kind: Node['kind'], upper: boolean, st: { ino: number }, layer: number, realPath: string): Node {
     const rec = upper && realPath !== this.freshPath ? readInoRecord(realPath) : null;
     const recorded = rec?.ino ?? null;
     let ino = upper ? (recorded ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
@@ -271,7 +272,7 @@ export class Overlay implements CopyUpHost {
     n.keys = n.keys.filter((k) => !k.startsWith('u:'));
   }
 
-  registerUpper(n: Node, st: Stats): void {
+  registerUpper(n: Node, st: { dev: number; ino: number }): void {
     n.lowerStat = null; // upper from now on: getattr stats the upper copy
     n.noXattrs = false;
     if (n.kind !== 'dir') this.setKey(n, `u:${st.dev}:${st.ino}`);
@@ -416,11 +417,11 @@ export class Overlay implements CopyUpHost {
       const full = path.join(ld.path, name);
       if (listing.dirs[i] === 0) {
         if (res) return res; // an upper/higher dir over a lower non-dir: stop merging
-        return { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
+        return { st: lstatX(full), name: listing.names[i], upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
       }
       if (res && !res.st.isDirectory()) return res;
       if (!res) {
-        res = { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
+        res = { st: lstatX(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
         res.lowerDirs.push({ layer: ld.layer, path: full, small: res.st.size <= SMALL_DIR });
       } else {
         res.lowerDirs.push({ layer: ld.layer, path: full });
@@ -443,11 +444,11 @@ export class Overlay implements CopyUpHost {
     const n = this.node(id);
     if (n.removed || (n.parent === null && n !== this.root)) {
       // unlinked while open: the open file answers (st_nlink 0 for an upper file; lower ones count their whiteout)
-      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, fstatSync(h.fd));
+      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, fstatX(h.fd));
       throw fsErr('ENOENT');
     }
     if (!n.upper && n.lowerStat) return this.statOf(n, n.lowerStat);
-    return this.statOf(n, lstatSync(this.realPath(n)));
+    return this.statOf(n, lstatX(this.realPath(n)));
   }
 
   private statOf(n: Node, st: StatLike): NodeStat {
@@ -468,9 +469,12 @@ export class Overlay implements CopyUpHost {
       size: st.size,
       blksize: st.blksize,
       blocks: st.blocks,
-      atimeMs: st.atimeMs,
-      mtimeMs: st.mtimeMs,
-      ctimeMs: st.ctimeMs,
+      atimeSec: st.atimeSec,
+      atimeNsec: st.atimeNsec,
+      mtimeSec: st.mtimeSec,
+      mtimeNsec: st.mtimeNsec,
+      ctimeSec: st.ctimeSec,
+      ctimeNsec: st.ctimeNsec,
     };
   }
 
@@ -787,13 +791,13 @@ export class Overlay implements CopyUpHost {
       await this.copyUp(p);
       // a lower file with other names: copy it up (its names become upper hardlinks), so the link count the
       // remaining names report is real, also after a remount (a whiteout alone would leave the lower count)
-      if (!n.upper && n.lowerPath && (n.lowerStat ?? lstatSync(n.lowerPath)).nlink > 1) await this.copyUp(n);
+      if (!n.upper && n.lowerPath && (n.lowerStat ?? lstatX(n.lowerPath)).nlink > 1) await this.copyUp(n);
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
       if (n.linkCount === 1) this.pinForRemoval(n);
       if (n.upper) {
-        const st = lstatSync(target);
+        const st = lstatX(target);
         if (wh) this.replaceWithWhiteout(target);
         else unlinkSync(target);
         if (st.nlink <= 1) this.dropUpperKey(n);
@@ -996,14 +1000,15 @@ export class Overlay implements CopyUpHost {
     });
   }
 
-  /** Times in ms since the epoch; null = now. */
-  async utimens(id: number, atimeMs: number | null, mtimeMs: number | null): Promise<void> {
+  /** Set times exactly: seconds and nanoseconds since the epoch, 'now' (the kernel's clock) or 'omit' (unchanged). */
+  async utimens(id: number, atime: TimeSpec, mtime: TimeSpec): Promise<void> {
     return this.lock.run(async () => {
       const n = this.node(id);
       this.writable();
       await this.copyUp(n);
-      const now = Date.now();
-      lutimesSync(this.upperPath(n), (atimeMs ?? now) / 1000, (mtimeMs ?? now) / 1000);
+      const [as, an] = timeArgs(atime);
+      const [ms, mn] = timeArgs(mtime);
+      native.lutimens(this.upperPath(n), as, an, ms, mn);
     });
   }
 
@@ -1369,6 +1374,15 @@ export class Overlay implements CopyUpHost {
     this.implicit.clear();
     await Promise.all(hs.map((h) => closeAsync(h.fd).catch(() => undefined)));
   }
+}
+
+/** A time to set: exact seconds and nanoseconds, the kernel's 'now', or 'omit' to leave it. */
+export type TimeSpec = { sec: number; nsec: number } | 'now' | 'omit';
+
+function timeArgs(t: TimeSpec): [number, number] {
+  if (t === 'now') return [0, UTIME_NOW];
+  if (t === 'omit') return [0, UTIME_OMIT];
+  return [t.sec, t.nsec];
 }
 
 function closeQuietly(fd: number): void {

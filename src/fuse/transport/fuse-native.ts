@@ -13,7 +13,7 @@ import { constants as osc } from 'node:os';
 import type { Logger } from 'pino';
 import { errnoOf, fsErr } from '../core/errors.js';
 import type { Kind, NodeStat } from '../core/node.js';
-import { ROOT_ID, type Overlay } from '../core/overlay.js';
+import { ROOT_ID, type Overlay, type TimeSpec } from '../core/overlay.js';
 
 const require = createRequire(import.meta.url);
 
@@ -57,9 +57,10 @@ function fuseStat(s: NodeStat, ino: number, nlink: number): Record<string, numbe
     rdev: s.rdev,
     blksize: s.blksize,
     blocks: s.blocks,
-    atime: Math.floor(s.atimeMs),
-    mtime: Math.floor(s.mtimeMs),
-    ctime: Math.floor(s.ctimeMs),
+    // fuse-native's stat carries milliseconds (its wire layout): the nanoseconds below a millisecond are lost here
+    atime: s.atimeSec * 1000 + Math.floor(s.atimeNsec / 1e6),
+    mtime: s.mtimeSec * 1000 + Math.floor(s.mtimeNsec / 1e6),
+    ctime: s.ctimeSec * 1000 + Math.floor(s.ctimeNsec / 1e6),
   };
 }
 
@@ -310,7 +311,7 @@ export class FuseNativeTransport {
         this.run('chown', cb, async () => c.chown(await this.resolve(p), uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid), ok0),
       utimens: (p: string, atime: number, mtime: number, cb: Cb) =>
         this.run('utimens', cb, async () => {
-          const t = (v: number) => (v === UTIME_MS_SENTINEL ? null : v);
+          const t = (v: number): TimeSpec => (v === UTIME_MS_SENTINEL ? 'now' : { sec: Math.floor(v / 1000), nsec: (v - Math.floor(v / 1000) * 1000) * 1e6 });
           return c.utimens(await this.resolve(p), t(atime), t(mtime));
         }, ok0),
       mknod: (p: string, mode: number, dev: number, cb: Cb) =>

@@ -24,8 +24,8 @@ import { availableParallelism, constants as osc } from 'node:os';
 import type { Logger } from 'pino';
 import { native } from '../../../common/native.js';
 import { errnoOf, fsErr } from '../../core/errors.js';
-import type { DirEntry, Node, NodeStat } from '../../core/node.js';
-import { ROOT_ID, SYNC_IO_MAX, type Overlay } from '../../core/overlay.js';
+import type { DirEntry, Node } from '../../core/node.js';
+import { ROOT_ID, SYNC_IO_MAX, type Overlay, type TimeSpec } from '../../core/overlay.js';
 import {
   attrOut,
   cstr,
@@ -1119,14 +1119,8 @@ export class DirectTransport {
     const setA = (valid & (FATTR.ATIME | FATTR.ATIME_NOW)) !== 0;
     const setM = (valid & (FATTR.MTIME | FATTR.MTIME_NOW)) !== 0;
     if (setA || setM) {
-      const cur: NodeStat | null = setA && setM ? null : await c.getattr(id);
-      const t = (set: boolean, now: number, sec: number, ns: number, keep: number | undefined): number | null =>
-        !set ? (keep as number) : now ? null : sec * 1000 + ns / 1e6;
-      await c.utimens(
-        id,
-        t(setA, valid & FATTR.ATIME_NOW, atime, atimens, cur?.atimeMs),
-        t(setM, valid & FATTR.MTIME_NOW, mtime, mtimens, cur?.mtimeMs),
-      );
+      const t = (set: boolean, now: number, sec: number, nsec: number): TimeSpec => (!set ? 'omit' : now ? 'now' : { sec, nsec });
+      await c.utimens(id, t(setA, valid & FATTR.ATIME_NOW, atime, atimens), t(setM, valid & FATTR.MTIME_NOW, mtime, mtimens));
     }
     return new Reply(attrOut(await c.getattr(id), this.attrTimeout));
   }

@@ -889,6 +889,9 @@ export class Overlay implements CopyUpHost {
       }
       this.writable();
       await this.prepareMove(src);
+      // a lower file with other names, replaced: copied up first, as unlink does, so its other names report the real
+      // link count (kernel overlay with index=on does the same)
+      if (dst && dst.kind !== 'dir' && !dst.upper && dst.lowerPath && (dst.lowerStat ?? lstatX(dst.lowerPath)).nlink > 1) await this.copyUp(dst);
       await this.copyUp(dp);
       const from = path.join(this.upperPath(sp), name);
       const to = path.join(this.upperPath(dp), newName);

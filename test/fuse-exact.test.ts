@@ -6,13 +6,14 @@
 import { before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { appendFile, chmod, link, lstat, mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, link, lstat, mkdir, readdir, readlink, rename, symlink, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { native } from '../src/common/native.js';
 import { diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDir, type Mounted, undoAfter } from './lib/fuse.js';
 import { SIGWALK_C } from './lib/sigwalk.js';
 import { XATTR_PROBE_PY } from './lib/xattrprobe.js';
+import { PATHMAX_PY } from './lib/pathmax.js';
 
 const run = promisify(execFile);
 const { live, dirs, mounts } = undoAfter();
@@ -47,6 +48,27 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('paths of PATH_MAX - 1 bytes in the mount work as on kernel overlay; symlink targets up to PATH_MAX - 1', async () => {
+      const f = await fixture(`pathmax-${transport}`);
+      const py = path.join(f.dir, 'pathmax.py');
+      await writeFile(py, PATHMAX_PY);
+      const probe = async (cwd: string) => JSON.parse((await run('python3', [py], { cwd })).stdout) as Record<string, string>;
+      const [ku, kw] = [path.join(f.dir, 'ku'), path.join(f.dir, 'kw')];
+      await mkdir(ku);
+      await mkdir(kw);
+      const want = await withMount(mountKernel(f.lowers, path.join(f.dir, 'k'), ku, kw, { exact: true }), (k) => probe(k.mnt));
+      assert.ok(Object.values(want).every((v) => v === 'ok'), JSON.stringify(want));
+      await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), async (m) => {
+        assert.deepEqual(await probe(m.mnt), want);
+        for (const len of [4095, 4096]) {
+          const p = path.join(m.mnt, `s${len}`);
+          const r = await symlink('x'.repeat(len), p).then(() => 'ok', (e: { code?: string }) => e.code);
+          assert.equal(r, len === 4095 ? 'ok' : 'ENAMETOOLONG');
+          if (r === 'ok') assert.equal((await readlink(p)).length, len);
+        }
+      });
+    });
+
     test('times to the nanosecond: lower stats, utimensat, the upper, copy-up', async () => {
       const f = await fixture(`times-${transport}`);
       const L = f.lowers[0];

@@ -52,6 +52,9 @@ const FALLBACK_INO_BASE = 2 ** 52;
 /** 32-bit mode: session numbers are taken downwards from the top of the range. */
 const FALLBACK_INO32_TOP = 0xffffffff;
 const NAME_MAX = 255;
+/** Backing paths of upper dirs longer than this are replaced by a path through an fd of the dir (dirFdPath). */
+const LONG_PATH = 2048;
+const O_PATH = 0o10000000;
 
 /** A derived number in 32 bits: itself when it fits (every layer on one fs), else its high bits (the layer tag)
  *  mixed into the low ones. 0 stays 0 (no derived number); a clash is the node table's to resolve. */
@@ -284,8 +287,30 @@ export class Overlay implements CopyUpHost {
     if (!this.upper) throw fsErr('EROFS');
     if (n === this.root) return this.upper;
     if (!n.parent) throw fsErr('ENOENT', `inode ${n.ino} has no name`);
-    return path.join(this.upperPath(n.parent), n.name);
+    const p = path.join(this.upperPath(n.parent), n.name);
+    if (n.kind === 'dir' && n.upper && p.length > LONG_PATH / 4 && Buffer.byteLength(p) > LONG_PATH) return this.dirFdPath(n, p);
+    return p;
   }
+
+  /**
+   * Upper dirs deeper than LONG_PATH bytes of backing path are reached through an O_PATH fd of theirs:
+   * `/proc/self/fd/N/.` stands for the dir, so a path under it stays short where the joined backing path (upper dir +
+   * path in the mount) would pass PATH_MAX, and every syscall works on a path of PATH_MAX - 1 bytes in the mount, as
+   * on kernel overlay. The fd follows the dir when it is renamed; it is closed some time after the dir is removed
+   * (a call that took its path just before may still be using it).
+   */
+  private dirFdPath(n: Node, p: string): string {
+    let fd = this.dirFds.get(n);
+    if (fd === undefined) {
+      fd = openSync(p, O_PATH | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+      this.dirFds.set(n, fd);
+    }
+    // '/.': the dir itself, also for calls that do not follow a final symlink (lstat of the fd's magic link would
+    // answer for the link)
+    return `/proc/self/fd/${fd}/.`;
+  }
+
+  private readonly dirFds = new Map<Node, number>();
 
   private realPath(n: Node): string {
     if (n.upper) return this.upperPath(n);
@@ -854,6 +879,11 @@ export class Overlay implements CopyUpHost {
   }
 
   private dropDir(n: Node): void {
+    const fd = this.dirFds.get(n);
+    if (fd !== undefined) {
+      this.dirFds.delete(n);
+      setTimeout(() => closeQuietly(fd), 10_000).unref();
+    }
     n.removed = true;
     n.links = [];
     n.children.clear();
@@ -1374,6 +1404,8 @@ export class Overlay implements CopyUpHost {
   async close(): Promise<void> {
     const hs = [...this.handles.values()];
     this.handles.clear();
+    for (const fd of this.dirFds.values()) closeQuietly(fd);
+    this.dirFds.clear();
     this.implicit.clear();
     await Promise.all(hs.map((h) => closeAsync(h.fd).catch(() => undefined)));
   }

@@ -14,6 +14,7 @@ import { diffSnapshots, FUSE_TRANSPORTS, mountFuse, mountKernel, snapshot, tmpDi
 import { SIGWALK_C } from './lib/sigwalk.js';
 import { XATTR_PROBE_PY } from './lib/xattrprobe.js';
 import { PATHMAX_PY } from './lib/pathmax.js';
+import { ZERO_OPEN_PY } from './lib/zeroopen.js';
 
 const run = promisify(execFile);
 const { live, dirs, mounts } = undoAfter();
@@ -48,6 +49,41 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('open for writing: copy-up at the open, or with zero-open at the first write; only ENOSPC tells them apart', async () => {
+      const f = await fixture(`zopen-${transport}`);
+      const py = path.join(f.dir, 'zo.py');
+      await writeFile(py, ZERO_OPEN_PY);
+      const probe = async (big: boolean, mnt: (l: string[], u: string, w: string) => Promise<Mounted>): Promise<Record<string, unknown>> => {
+        const b = path.join(f.dir, `${big}-${Math.random().toString(36).slice(2)}`);
+        const [l, t] = [path.join(b, 'l'), path.join(b, 't')];
+        await mkdir(l, { recursive: true });
+        await mkdir(t);
+        await writeFile(path.join(l, 'f'), Buffer.alloc(big ? 4 << 20 : 10, 1));
+        await run('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', t]); // a 4 MiB copy-up does not fit
+        mounts.push(t);
+        await mkdir(path.join(t, 'u'));
+        await mkdir(path.join(t, 'w'));
+        return withMount(mnt([l], path.join(t, 'u'), path.join(t, 'w')), async (m) => JSON.parse((await run('python3', [py, m.mnt, path.join(t, 'u')])).stdout));
+      };
+      const kernel = (l: string[], u: string, w: string) => mountKernel(l, path.join(f.dir, 'k', Math.random().toString(36).slice(2)), u, w, { exact: true });
+      const ours = (l: string[], u: string, w: string) => mountFuse(l, path.join(f.dir, 'm', Math.random().toString(36).slice(2)), u, w, transport);
+      // zero-open (direct without passthrough): no OPEN reaches the server, the copy-up waits for the first write
+      const zeroOpen = transport === 'direct';
+      for (const big of [false, true]) {
+        const k = await probe(big, kernel);
+        const o = await probe(big, ours);
+        if (!zeroOpen || !big) {
+          // the same st_ino/st_dev before and after, the same flock conflict, the same data; only the upper differs
+          assert.deepEqual({ ...o, 'upper copy after open': k['upper copy after open'] }, k, `big=${big}`);
+          assert.equal(o['upper copy after open'], zeroOpen ? false : k['upper copy after open'], `big=${big}`);
+        } else {
+          // a copy-up that does not fit: the kernel fails the open, zero-open the first write (README: a difference)
+          assert.equal(k.open, 'ENOSPC');
+          assert.deepEqual([o.open, o.write, o['same ino/dev after write']], ['ok', 'ENOSPC', true]);
+        }
+      }
+    });
+
     test('paths of PATH_MAX - 1 bytes in the mount work as on kernel overlay; symlink targets up to PATH_MAX - 1', async () => {
       const f = await fixture(`pathmax-${transport}`);
       const py = path.join(f.dir, 'pathmax.py');

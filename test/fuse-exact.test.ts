@@ -30,6 +30,7 @@ async function withMount<T>(m: Promise<Mounted>, fn: (m: Mounted) => Promise<T>)
 }
 
 let scratch = '';
+let ringKernel: Promise<{ snap: Awaited<ReturnType<typeof snapshot>>; log: string[]; lowers: string[]; upper: string }> | null = null;
 let sigwalk = '';
 before(async () => {
   scratch = await tmpDir('fexact');
@@ -49,6 +50,72 @@ async function fixture(tag: string, layers = 1): Promise<{ dir: string; lowers: 
 
 for (const transport of FUSE_TRANSPORTS) {
   describe(`kernel-exact view (${transport})`, () => {
+    test('circular renames of hardlinked files, the upper rotated into the lowers after each (unionmount rename-mass-5 --ov=3)', { timeout: 300_000 }, async () => {
+      const f = await fixture(`ring-${transport}`);
+      // the suite's ring of 7 and 4.5 rounds mean ~70 mount cycles per side; a ring of 5 and two rounds and a bit wrap
+      // around as well, in 2/5 of the time
+      const ring = 5;
+      const iters = ring * 2 + 1;
+      const side = async (kind: 'kernel' | 'fuse') => {
+        const base = path.join(kind === 'kernel' ? scratch : f.dir, kind === 'kernel' ? 'ring-kernel' : kind);
+        const L0 = path.join(base, 'L0');
+        await mkdir(path.join(L0, 'a'), { recursive: true });
+        for (let i = 100; i < 110; i++) await writeFile(path.join(L0, 'a', `foo${i}`), `:xxx:${i}`);
+        let lowers = [L0];
+        let n = 1;
+        const newUpper = async () => {
+          const d = path.join(base, `U${n++}`);
+          await mkdir(path.join(d, 'u'), { recursive: true });
+          await mkdir(path.join(d, 'w'));
+          return d;
+        };
+        let up = await newUpper();
+        const mnt = path.join(base, 'm');
+        const mount = async () => {
+          const m = kind === 'kernel' ? await mountKernel(lowers, mnt, path.join(up, 'u'), path.join(up, 'w'), { exact: true }) : await mountFuse(lowers, mnt, path.join(up, 'u'), path.join(up, 'w'), transport);
+          live.push(m);
+          return m;
+        };
+        let m = await mount();
+        const cycle = async (rotate: boolean) => {
+          await m.stop();
+          if (rotate && lowers.length < 3) {
+            lowers = [path.join(up, 'u'), ...lowers];
+            up = await newUpper();
+          }
+          m = await mount();
+        };
+        const A = (s: string) => path.join(mnt, 'a', s);
+        const log: string[] = [];
+        const op = async (what: string, p: Promise<unknown>) => log.push(`${what} ${await p.then(() => 'ok', (e: { code?: string }) => e.code)}`);
+        for (let i = 0; i <= ring; i++) {
+          await op(`link ${i}`, link(A(`foo${100 + i}`), A(`no_foo${100 + i}`)));
+          await cycle(false);
+        }
+        for (const [pre, dir] of [['no_foo', -1], ['foo', 1]] as const) {
+          let gap = ring - 1;
+          for (let i = 0; i < iters; i++) {
+            const next = (gap + dir + ring) % ring;
+            await op(`rename ${pre}${next} ${pre}${gap}`, rename(A(`${pre}${100 + next}`), A(`${pre}${100 + gap}`)));
+            await cycle(true);
+            gap = next;
+          }
+        }
+        const snap = await snapshot(mnt, { fileNlink: true });
+        await m.stop();
+        return { snap, log, lowers, upper: up };
+      };
+      ringKernel ??= side('kernel'); // the same on every transport: once
+      const k = await ringKernel;
+      const o = await side('fuse');
+      assert.deepEqual(o.log, k.log);
+      assert.deepEqual(diffSnapshots(k.snap, o.snap, 'kernel', 'fuse'), []);
+      // our layers, mounted by kernel overlay, give the same tree
+      await withMount(mountKernel(o.lowers, path.join(f.dir, 'k2'), path.join(o.upper, 'u'), path.join(o.upper, 'w'), { exact: true }), async (k2) => {
+        assert.deepEqual(diffSnapshots(o.snap, await snapshot(k2.mnt, { fileNlink: true }), 'fuse', 'kernel-on-fuse-layers'), []);
+      });
+    });
+
     test('open for writing: copy-up at the open, or with zero-open at the first write; only ENOSPC tells them apart', async () => {
       const f = await fixture(`zopen-${transport}`);
       const py = path.join(f.dir, 'zo.py');

@@ -95,9 +95,14 @@ static int get_str(napi_env env, napi_value v, char *buf, size_t len) {
     return NULL;                                                  \
   }
 
+/* A string argument; one too long for its buffer fails as the syscall would: ERANGE for an xattr name (NAME_BUF),
+   ENAMETOOLONG for a path. */
 #define STR(i, buf)                                               \
   if (get_str(env, argv[i], buf, sizeof buf) != 0) {              \
-    napi_throw_type_error(env, NULL, "expected a string (or too long)"); \
+    napi_valuetype t_;                                            \
+    napi_typeof(env, argv[i], &t_);                               \
+    if (t_ == napi_string) return throw_errno(env, sizeof buf == NAME_BUF ? ERANGE : ENAMETOOLONG, "argument", NULL); \
+    napi_throw_type_error(env, NULL, "expected a string");        \
     return NULL;                                                  \
   }
 
@@ -609,6 +614,86 @@ static napi_value n_backing_close(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* The fields of a struct stat into out (a Float64Array of STAT_FIELDS): dev, ino, mode, nlink, uid, gid, rdev,
+   size, blksize, blocks, then atime, mtime, ctime as seconds and nanoseconds apart (Node's fs.Stats carries times as
+   double milliseconds: ~240 ns steps today, so nanoseconds cannot be got back from it). */
+#define STAT_FIELDS 16
+static int stat_out(napi_env env, napi_value v, double **out) {
+  napi_typedarray_type t;
+  size_t len;
+  void *data;
+  if (napi_get_typedarray_info(env, v, &t, &len, &data, NULL, NULL) != napi_ok || t != napi_float64_array || len < STAT_FIELDS) {
+    napi_throw_type_error(env, NULL, "expected a Float64Array of 16");
+    return -1;
+  }
+  *out = data;
+  return 0;
+}
+
+static void fill_stat(double *o, const struct stat *st) {
+  o[0] = (double)st->st_dev;
+  o[1] = (double)st->st_ino;
+  o[2] = st->st_mode;
+  o[3] = (double)st->st_nlink;
+  o[4] = st->st_uid;
+  o[5] = st->st_gid;
+  o[6] = (double)st->st_rdev;
+  o[7] = (double)st->st_size;
+  o[8] = (double)st->st_blksize;
+  o[9] = (double)st->st_blocks;
+  o[10] = (double)st->st_atim.tv_sec;
+  o[11] = (double)st->st_atim.tv_nsec;
+  o[12] = (double)st->st_mtim.tv_sec;
+  o[13] = (double)st->st_mtim.tv_nsec;
+  o[14] = (double)st->st_ctim.tv_sec;
+  o[15] = (double)st->st_ctim.tv_nsec;
+}
+
+/* lstatInto(path, out) -> true, or false when there is no such entry (ENOENT, ENOTDIR); other errors throw. */
+static napi_value n_lstat_into(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  char path[PATH_BUF];
+  STR(0, path);
+  double *o;
+  if (stat_out(env, argv[1], &o)) return NULL;
+  struct stat st;
+  napi_value r;
+  if (lstat(path, &st) != 0) {
+    if (errno != ENOENT && errno != ENOTDIR) return throw_errno(env, errno, "lstat", path);
+    napi_get_boolean(env, false, &r);
+    return r;
+  }
+  fill_stat(o, &st);
+  napi_get_boolean(env, true, &r);
+  return r;
+}
+
+/* fstatInto(fd, out) */
+static napi_value n_fstat_into(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  if (get_fd(env, argv[0], &fd)) return NULL;
+  double *o;
+  if (stat_out(env, argv[1], &o)) return NULL;
+  struct stat st;
+  if (fstat(fd, &st) != 0) return throw_errno(env, errno, "fstat", NULL);
+  fill_stat(o, &st);
+  return NULL;
+}
+
+/* lutimens(path, asec, ansec, msec, mnsec): utimensat(AT_FDCWD, path, .., AT_SYMLINK_NOFOLLOW) with exact times;
+   a nanosecond field may be UTIME_NOW or UTIME_OMIT. */
+static napi_value n_lutimens(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  char path[PATH_BUF];
+  STR(0, path);
+  int64_t v[4];
+  for (int i = 0; i < 4; i++) napi_get_value_int64(env, argv[i + 1], &v[i]);
+  struct timespec ts[2] = {{(time_t)v[0], (long)v[1]}, {(time_t)v[2], (long)v[3]}};
+  if (utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) != 0) return throw_errno(env, errno, "utimensat", path);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"mknod", NULL, n_mknod, NULL, NULL, NULL, napi_default, NULL},
@@ -629,6 +714,9 @@ static napi_value init(napi_env env, napi_value exports) {
     {"fuseIo", NULL, n_fuse_io, NULL, NULL, NULL, napi_default, NULL},
     {"backingOpen", NULL, n_backing_open, NULL, NULL, NULL, napi_default, NULL},
     {"backingClose", NULL, n_backing_close, NULL, NULL, NULL, napi_default, NULL},
+    {"lstatInto", NULL, n_lstat_into, NULL, NULL, NULL, napi_default, NULL},
+    {"fstatInto", NULL, n_fstat_into, NULL, NULL, NULL, napi_default, NULL},
+    {"lutimens", NULL, n_lutimens, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -4,14 +4,16 @@
  * match; every SNAP_EVERY ops, and at the end, the whole trees must match. Finally the FUSE upper dir, mounted by
  * the kernel, must give the same tree again. Set LAYERFS_FUZZ_SEED / LAYERFS_FUZZ_OPS to replay.
  *
- * Known intentional differences, kept out of the comparison:
- *  - renaming a dir that has lower parts: the kernel (redirect_dir=off) says EXDEV, layerfs copies the tree up and
- *    succeeds. The op is run on the kernel first; when it answers EXDEV for a dir rename, the op is skipped on both.
- *  - hardlinks inside a lower: kernel overlay (index=off) splits them on copy-up, layerfs keeps them shared, so the
- *    lowers here have none (test/fuse-ops.test.ts checks our behaviour).
- *  - inode numbers, times (ms precision through fuse-native, and ops run at different instants): not compared.
- *  - st_nlink of dirs: not compared (the kernel reports 1 for merged dirs; so do we, but the rule is the kernel's
- *    internal notion of "merged", which differs after a layerfs dir rename).
+ * The kernel runs as the FUSE overlay copies it, `index=on,redirect_dir=on` (LAYERFS_FUZZ_EXACT=0: index=off,
+ * redirect_dir=off; then a lower dir rename answered EXDEV by the kernel is skipped on both). The lowers hold
+ * hardlinks (LAYERFS_FUZZ_HARDLINKS=0: none), which index=on keeps shared on copy-up, as we do.
+ * Not compared:
+ *  - inode numbers; atime and ctime; mtimes that came from the clock (ops run at different instants on the two
+ *    mounts). Mtimes from the layers (fixed, with nanoseconds) or set by a utimes op are compared to the nanosecond
+ *    (to the millisecond through fuse-native, whose stat carries milliseconds);
+ *  - st_nlink of dirs (the kernel reports 1 for merged dirs; so do we, but the rule is the kernel's internal notion
+ *    of "merged", which differs after a layerfs dir rename: we copy the tree, the kernel writes a redirect).
+ * Run over 3 and over 6 lower layers.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -101,6 +103,13 @@ function makeOp(r: () => number, known: string[]): Op {
     const mode = pick([0o600, 0o644, 0o755, 0o700, 0o4755, 0o1777]);
     return { name: 'chmod', args: [p, mode], run: (root) => chmod(path.join(root, p), mode) };
   }
+  if (k < 0.87) {
+    // explicit times with nanoseconds (atime = mtime: fuse-native's utimens passes one time for both)
+    const ns = 1609459200000000000n + BigInt(Math.floor(r() * 2 ** 40)) * 1000n + BigInt(Math.floor(r() * 1000));
+    const s = Number(ns / 1_000_000_000n);
+    const n = Number(ns % 1_000_000_000n);
+    return { name: 'utimes', args: [p, String(ns)], run: async (root) => native.lutimens(path.join(root, p), s, n, s, n) };
+  }
   if (k < 0.9) {
     const uid = pick([0, 1, 1000]);
     const gid = pick([0, 2, 1000]);
@@ -129,24 +138,28 @@ async function outcome(op: Op, root: string): Promise<string> {
 
 const { live } = undoAfter();
 
+for (const layers of [3, 6] as const)
 for (const transport of FUSE_TRANSPORTS) {
-  test(`differential: random ops on kernel overlay vs layerfs FUSE (${transport})`, { timeout: 200_000 }, async () => {
+  test(`differential: random ops on kernel overlay vs layerfs FUSE (${transport}, ${layers} lower layers)`, { timeout: 300_000 }, async () => {
     const seed = Number(process.env.LAYERFS_FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
     const dir = await tmpDir('fuzz');
     const mounts = live;
     let step = -1;
     let last = '';
     try {
-      const lowers = await buildLowers(path.join(dir, 'lowers'), 'kernel');
+      const lowers = await buildLowers(path.join(dir, 'lowers'), 'kernel', { layers, hardlinks: process.env.LAYERFS_FUZZ_HARDLINKS !== '0' });
+      const before = BigInt(Date.now() - 1000) * 1_000_000n;
       for (const d of ['uk', 'wk', 'uf', 'wf']) await mkdir(path.join(dir, d));
-      const k = await mountKernel(lowers, path.join(dir, 'mk'), path.join(dir, 'uk'), path.join(dir, 'wk'));
+      // the kernel as the FUSE overlay copies it (index=on, redirect_dir=on); LAYERFS_FUZZ_EXACT=0: index=off, redirect_dir=off
+      const exact = process.env.LAYERFS_FUZZ_EXACT !== '0';
+      const k = await mountKernel(lowers, path.join(dir, 'mk'), path.join(dir, 'uk'), path.join(dir, 'wk'), { exact });
       mounts.push(k);
       const f = await mountFuse(lowers, path.join(dir, 'mf'), path.join(dir, 'uf'), path.join(dir, 'wf'), transport);
       mounts.push(f);
       const r = rng(seed);
       console.log(`# seed ${seed}`);
       let known = [...(await snapshot(k.mnt)).keys()].filter((p) => p !== '.');
-      const opts = { fileNlink: true, dirNlink: false };
+      const opts = { fileNlink: true, dirNlink: false, mtimeNs: { before, unit: transport === 'fuse-native' ? 1_000_000n : 1n } };
       let skipped = 0;
       for (step = 0; step < OPS; step++) {
         const op = makeOp(r, known);
@@ -170,11 +183,11 @@ for (const transport of FUSE_TRANSPORTS) {
       const final = await snapshot(f.mnt, opts);
       await f.stop();
       // the FUSE upper, read by the kernel, is the same tree
-      const k2 = await mountKernel(lowers, path.join(dir, 'mk2'), path.join(dir, 'uf'), path.join(dir, 'wf'));
+      const k2 = await mountKernel(lowers, path.join(dir, 'mk2'), path.join(dir, 'uf'), path.join(dir, 'wf'), { exact });
       mounts.push(k2);
       const d = diffSnapshots(final, await snapshot(k2.mnt, opts), 'fuse', 'kernel-on-fuse-upper');
       assert.deepEqual(d.slice(0, 10), [], `seed ${seed}: kernel view of the FUSE upper differs`);
-      console.log(`# seed ${seed}: ${OPS} ops, ${skipped} lower-dir renames skipped`);
+      console.log(`# seed ${seed}: ${OPS} ops over ${layers} layers, ${skipped} lower-dir renames skipped`);
     } catch (err) {
       console.log(`# differential test failed: seed ${seed}, step ${step}, op ${last}`);
       throw err;

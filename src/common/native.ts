@@ -40,7 +40,17 @@ export interface Native {
   backingOpen(devFd: number, fd: number): number;
   /** FUSE_DEV_IOC_BACKING_CLOSE: the id is no longer valid for new opens (opens using it keep the file). */
   backingClose(devFd: number, id: number): void;
+  /** lstat(2) into out (16 doubles: dev, ino, mode, nlink, uid, gid, rdev, size, blksize, blocks, then atime, mtime,
+   *  ctime as seconds and nanoseconds): true, or false for ENOENT/ENOTDIR (other errors throw). */
+  lstatInto(path: string, out: Float64Array): boolean;
+  /** fstat(2) into out, as lstatInto. */
+  fstatInto(fd: number, out: Float64Array): void;
+  /** utimensat(2) with AT_SYMLINK_NOFOLLOW and exact times; a nanosecond field may be UTIME_NOW or UTIME_OMIT. */
+  lutimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
 }
+
+export const UTIME_NOW = (1 << 30) - 1;
+export const UTIME_OMIT = (1 << 30) - 2;
 
 export const RENAME_NOREPLACE = 1;
 export const RENAME_EXCHANGE = 2;

@@ -89,7 +89,7 @@ export async function serve(cfg: MountConfig): Promise<ServerHandle> {
     await t.mount();
     requests = () => t.stats.requests;
     // spinUs: CPU spent polling /dev/fuse after wake-ups (part of cpuUs; the work per request is cpuUs - spinUs)
-    onStats(() => ({ interrupts: t.stats.interrupts, kernelNodes: t.nodeCount(), spinUs: native.spinUs(), byOp: opNames(t.stats.byOp), passthrough: t.passthroughStats() }));
+    onStats(() => ({ interrupts: t.stats.interrupts, eintr: t.stats.eintr, kernelNodes: t.nodeCount(), spinUs: native.spinUs(), byOp: opNames(t.stats.byOp), passthrough: t.passthroughStats() }));
     // the read loop ends with ENODEV once the mount is gone (umount, fusermount -u, connection aborted)
     void t.ended.then((why) => end(why));
   } else {

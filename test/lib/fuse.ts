@@ -37,6 +37,7 @@ export interface Entry {
   nlink?: number;
   xattrs: Record<string, string>;
   mtimeMs?: number;
+  mtimeNs?: string;
 }
 
 export interface SnapOptions {
@@ -44,6 +45,10 @@ export interface SnapOptions {
   fileNlink?: boolean;
   dirNlink?: boolean;
   mtime?: boolean;
+  /** Compare mtimes to the nanosecond (`unit`: 1000000n where a transport has only milliseconds) of the entries
+   *  whose mtime is before `before` (ns since the epoch): times that came from the layers or were set explicitly,
+   *  not from the clock while two mounts ran the same ops at different instants. Later ones show as 'clock'. */
+  mtimeNs?: { before: bigint; unit?: bigint };
 }
 
 function typeOf(st: import('node:fs').Stats): string {
@@ -91,6 +96,11 @@ export async function snapshot(root: string, o: SnapOptions = {}): Promise<Map<s
     if (type === 'chr' || type === 'blk') e.rdev = st.rdev;
     if ((type === 'dir' && o.dirNlink) || (type !== 'dir' && o.fileNlink !== false)) e.nlink = st.nlink;
     if (o.mtime && type !== 'symlink') e.mtimeMs = Math.floor(st.mtimeMs);
+    if (o.mtimeNs && type !== 'symlink') {
+      const ns = (await lstat(p, { bigint: true })).mtimeNs;
+      const unit = o.mtimeNs.unit ?? 1n;
+      e.mtimeNs = ns < o.mtimeNs.before ? String((ns / unit) * unit) : 'clock';
+    }
     out.set(rel || '.', e);
     if (type === 'dir') for (const name of (await readdir(p)).sort()) await walk(rel ? `${rel}/${name}` : name);
   };
@@ -115,10 +125,12 @@ export interface Mounted {
   stop(): Promise<void>;
 }
 
-export async function mountKernel(lowers: string[], mnt: string, upper?: string, work?: string): Promise<Mounted> {
+/** A kernel overlay mount; with an upper, `redirect_dir=off,index=off` unless `exact` asks for the configuration the
+ *  FUSE overlay copies (`index=on,redirect_dir=on`: dir renames and shared lower hardlinks). */
+export async function mountKernel(lowers: string[], mnt: string, upper?: string, work?: string, o2: { exact?: boolean } = {}): Promise<Mounted> {
   await mkdir(mnt, { recursive: true });
   let o = `lowerdir=${lowers.join(':')}`;
-  if (upper) o += `,upperdir=${upper},workdir=${work},redirect_dir=off,index=off,metacopy=off`;
+  if (upper) o += `,upperdir=${upper},workdir=${work},${o2.exact ? 'redirect_dir=on,index=on' : 'redirect_dir=off,index=off'},metacopy=off`;
   await run('mount', ['-t', 'overlay', 'overlay', '-o', o, mnt]);
   return { mnt, stop: () => forceUnmount(mnt) };
 }
@@ -183,7 +195,49 @@ async function file(p: string, content: string, mode = 0o644): Promise<void> {
  * Three lower layers (top first) exercising the merge: whiteouts and opaque dirs in the given form, symlinks,
  * devices, a fifo, xattrs, odd modes and owners, and (optionally) hardlinks inside a lower.
  */
-export async function buildLowers(root: string, form: WhForm, o: { hardlinks?: boolean } = {}): Promise<string[]> {
+export async function buildLowers(root: string, form: WhForm, o: { hardlinks?: boolean; layers?: 3 | 6 } = {}): Promise<string[]> {
+  const base = await buildLowers3(root, form, o);
+  const top: string[] = [];
+  if (o.layers === 6) {
+    // three more layers above: replaced files, whiteouts and opaque dirs at several depths, a file made a symlink
+    const [x1, x2, x3] = ['x1', 'x2', 'x3'].map((n) => path.join(root, n));
+    await file(`${x3}/srv/a/other`, 'x3 other\n');
+    await file(`${x3}/srv/c`, 'x3 c\n');
+    await file(`${x3}/usr/share/doc/extra`, 'extra doc\n');
+    await whiteout(x3, 'rellink', form);
+    await file(`${x2}/etc/passwd2`, 'x2 passwd2\n', 0o600);
+    await mkdir(`${x2}/var`, { recursive: true });
+    await opaque(`${x2}/var`, form);
+    await file(`${x2}/var/new`, 'opaque var in x2\n');
+    await mkdir(`${x2}/usr/bin`, { recursive: true });
+    await symlink('tool2', `${x2}/usr/bin/tool`);
+    await file(`${x1}/etc/motd`, 'motd from x1\n');
+    await mkdir(`${x1}/usr/lib`, { recursive: true });
+    await whiteout(`${x1}/usr/lib`, 'libx.so', form);
+    await file(`${x1}/srv/a/b/file`, 'deep in x1\n');
+    await whiteout(`${x1}/srv`, 'c', form);
+    top.push(x1, x2, x3);
+  }
+  const all = [...top, ...base];
+  await fixTimes(all);
+  return all;
+}
+
+/** Every entry of the layers gets a fixed, distinct time with a nanosecond part (2020 onwards): what a mount shows
+ *  of them can be compared to the nanosecond. */
+async function fixTimes(layers: string[]): Promise<void> {
+  let i = 0;
+  const walk = async (p: string): Promise<void> => {
+    const st = await lstat(p);
+    if (st.isDirectory()) for (const n of (await readdir(p)).sort()) await walk(path.join(p, n));
+    const sec = 1577836800 + i * 3;
+    native.lutimens(p, sec, (i * 123456789 + 987) % 1e9, sec + 1, (i * 7654321 + 12345) % 1e9);
+    i++;
+  };
+  for (const l of layers) await walk(l);
+}
+
+async function buildLowers3(root: string, form: WhForm, o: { hardlinks?: boolean }): Promise<string[]> {
   const [l1, l2, l3] = ['l1', 'l2', 'l3'].map((n) => path.join(root, n));
   for (const l of [l1, l2, l3]) await mkdir(l, { recursive: true });
   // bottom layer

@@ -4,9 +4,8 @@
  * times are restored afterwards (as the kernel does). A lower file with other hardlinks gets those names linked to
  * the one upper inode, so the names keep sharing (kernel overlay with index=off breaks them apart).
  */
-import type { Stats } from 'node:fs';
 import { constants as fsc } from 'node:fs';
-import { chmod, copyFile, lchown, link, lstat, lutimes, mkdir, open, readlink, rm, symlink } from 'node:fs/promises';
+import { chmod, copyFile, lchown, link, mkdir, open, readlink, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { native, RENAME_NOREPLACE } from '../../common/native.js';
 import { fsErr } from './errors.js';
@@ -14,13 +13,14 @@ import { copySparse } from './rangecopy.js';
 import type { AliasIndex } from './layer.js';
 import type { Node } from './node.js';
 import { lstatOrNull } from './whiteout.js';
+import { lstatX as lstat, setTimes, type ExactStat } from './stat.js';
 import { copyXattrs, writeInoXattr } from './xattr.js';
 
 export interface CopyUpHost {
   upperPath(n: Node): string;
   tmpPath(): string;
   lowerRoot(layer: number): string;
-  registerUpper(n: Node, st: Stats): void;
+  registerUpper(n: Node, st: { dev: number; ino: number }): void;
   lookupPath(rel: string): Promise<Node | null>;
   childNodes(dir: Node): Promise<Node[]>;
   readonly aliases: AliasIndex;
@@ -34,8 +34,12 @@ export interface CopyUpOptions {
 export const major = (dev: number): number => ((dev >>> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
 export const minor = (dev: number): number => (dev & 0xff) | ((dev >>> 12) & 0xfff00);
 
-async function restoreTimes(p: string, st: Stats): Promise<void> {
-  await lutimes(p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+async function restoreTimes(p: string, st: ExactStat): Promise<void> {
+  try {
+    setTimes(p, st);
+  } catch {
+    // best effort, as the kernel's
+  }
 }
 
 /** Must be called with the overlay's mutation lock held. */
@@ -72,7 +76,7 @@ export async function copyUp(h: CopyUpHost, n: Node, opts: CopyUpOptions = {}): 
     writeInoXattr(tmp, n.ino); // the number this node has had so far stays after a remount
     await lchown(tmp, st.uid, st.gid);
     if (n.kind !== 'symlink') await chmod(tmp, st.mode & 0o7777); // after chown, which clears set-id bits
-    await lutimes(tmp, st.atimeMs / 1000, st.mtimeMs / 1000);
+    setTimes(tmp, st); // exact nanoseconds, as kernel overlay copies them
     native.renameat2(tmp, target, RENAME_NOREPLACE);
   } catch (err) {
     await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
@@ -85,7 +89,7 @@ export async function copyUp(h: CopyUpHost, n: Node, opts: CopyUpOptions = {}): 
 }
 
 /** Give every visible name of the same lower inode a hardlink to the new upper inode. */
-async function linkAliases(h: CopyUpHost, n: Node, st: Stats, target: string): Promise<void> {
+async function linkAliases(h: CopyUpHost, n: Node, st: ExactStat, target: string): Promise<void> {
   const rels = await h.aliases.aliases(n.lowerLayer, h.lowerRoot(n.lowerLayer), st.dev, st.ino);
   for (const rel of rels) await h.lookupPath(rel).catch(() => null); // attaches visible aliases to n.links
   for (const l of n.links.slice(1)) {
@@ -97,6 +101,10 @@ async function linkAliases(h: CopyUpHost, n: Node, st: Stats, target: string): P
     await link(target, p);
     await restoreTimes(dir, pst);
   }
+  // names of the lower inode that are not visible (whited out, shadowed by a higher layer) still count in st_nlink
+  const hidden = Math.max(0, st.nlink - (await lstat(target)).nlink);
+  n.nlinkDelta = hidden;
+  if (hidden > 0) writeInoXattr(target, n.ino, hidden);
 }
 
 /** Copy a whole merged tree up (rename of a lower/merged dir). The caller marks the top opaque afterwards. */

@@ -2,12 +2,11 @@
  * The inode cache of the overlay: one Node per merged file, keyed by its inode number (the node id handed to
  * transports). A node lives for the life of the mount, so its inode number is stable, also across copy-up.
  */
-import type { Stats } from 'node:fs';
 import type { LowerDir } from './layer.js';
 
 export type Kind = 'dir' | 'file' | 'symlink' | 'other';
 
-export function kindOf(st: Stats): Kind {
+export function kindOf(st: { isDirectory(): boolean; isFile(): boolean; isSymbolicLink(): boolean }): Kind {
   if (st.isDirectory()) return 'dir';
   if (st.isFile()) return 'file';
   if (st.isSymbolicLink()) return 'symlink';
@@ -30,22 +29,26 @@ export interface StatLike {
   size: number;
   blksize: number;
   blocks: number;
-  atimeMs: number;
-  mtimeMs: number;
-  ctimeMs: number;
+  /** Times as seconds and nanoseconds apart: exact (a double of milliseconds is not). */
+  atimeSec: number;
+  atimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ctimeSec: number;
+  ctimeNsec: number;
 }
 
 const NO_KEYS = Object.freeze([]) as unknown as string[];
 
 /**
- * Lower stats of all nodes, in chunks of typed arrays: per slot 6 doubles (size, blocks, rdev, three times) and 5
- * 32-bit fields (mode, nlink, uid, gid, blksize): 68 bytes, where an object with boxed heap numbers costs ~4x more.
+ * Lower stats of all nodes, in chunks of typed arrays: per slot 6 doubles (size, blocks, rdev, three times' seconds)
+ * and 8 32-bit fields (mode, nlink, uid, gid, blksize, three times' nanoseconds): 80 bytes, where an object with boxed heap numbers costs ~4x more.
  * Fixed-size chunks, not one array doubled on growth: no copy, no half-empty tail, no old+new peak while copying.
  * Slots are freed when a node drops its lower stat (copy-up, forget).
  */
 const CHUNK = 4096;
 const FD = 6;
-const FU = 5;
+const FU = 8;
 class StatStore {
   private readonly dbl: Float64Array[] = [];
   private readonly u32: Uint32Array[] = [];
@@ -69,15 +72,18 @@ class StatStore {
     d[o] = st.size;
     d[o + 1] = st.blocks;
     d[o + 2] = st.rdev;
-    d[o + 3] = st.atimeMs;
-    d[o + 4] = st.mtimeMs;
-    d[o + 5] = st.ctimeMs;
+    d[o + 3] = st.atimeSec;
+    d[o + 4] = st.mtimeSec;
+    d[o + 5] = st.ctimeSec;
     o = i * FU;
     u[o] = st.mode;
     u[o + 1] = st.nlink;
     u[o + 2] = st.uid;
     u[o + 3] = st.gid;
     u[o + 4] = st.blksize;
+    u[o + 5] = st.atimeNsec;
+    u[o + 6] = st.mtimeNsec;
+    u[o + 7] = st.ctimeNsec;
     return slot;
   }
 
@@ -88,7 +94,7 @@ class StatStore {
     const u = this.u32[c];
     const o = i * FD;
     const p = i * FU;
-    return { mode: u[p], nlink: u[p + 1], uid: u[p + 2], gid: u[p + 3], rdev: d[o + 2], size: d[o], blksize: u[p + 4], blocks: d[o + 1], atimeMs: d[o + 3], mtimeMs: d[o + 4], ctimeMs: d[o + 5] };
+    return { mode: u[p], nlink: u[p + 1], uid: u[p + 2], gid: u[p + 3], rdev: d[o + 2], size: d[o], blksize: u[p + 4], blocks: d[o + 1], atimeSec: d[o + 3], atimeNsec: u[p + 5], mtimeSec: d[o + 4], mtimeNsec: u[p + 6], ctimeSec: d[o + 5], ctimeNsec: u[p + 7] };
   }
 
   free(slot: number): void {
@@ -206,7 +212,9 @@ export class Node {
   set removed(v: boolean) {
     this.bits = v ? this.bits | REMOVED : this.bits & ~REMOVED;
   }
-  /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink. */
+  /** Lower-only files: names unlinked through the mount, subtracted from the lower st_nlink (<= 0). Upper files:
+   *  names of the lower inode hidden when it was copied up (not linked to the upper inode), added to the upper
+   *  st_nlink (>= 0), as kernel overlay (index=on) counts them. */
   nlinkDelta = 0;
   /** Known to have no visible xattrs (the kernel asks for security.capability before every write): getxattr
    *  answers ENODATA without a syscall. Cleared by setxattr and copy-up; removing xattrs keeps it true. */
@@ -262,9 +270,12 @@ export interface NodeStat {
   size: number;
   blksize: number;
   blocks: number;
-  atimeMs: number;
-  mtimeMs: number;
-  ctimeMs: number;
+  atimeSec: number;
+  atimeNsec: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ctimeSec: number;
+  ctimeNsec: number;
 }
 
 export interface DirEntry {

@@ -6,8 +6,7 @@
  * Concurrency: lookups, getattr, readdir and I/O run concurrently; namespace changes, setattr and copy-up run one
  * at a time under `lock`. A lookup racing a change of the same dir notices through the dir's `gen` and retries.
  */
-import type { Stats } from 'node:fs';
-import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, lutimesSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fstatSync, fsync as fsyncCb, ftruncateSync, lstatSync, openSync, read as readCb, readdirSync, readlinkSync, readSync, write as writeCb, writeSync } from 'node:fs';
+import { chmodSync, close as closeCb, closeSync, constants as fsc, lchownSync, renameSync, unlinkSync, fdatasync as fdatasyncCb, fsync as fsyncCb, ftruncateSync, openSync, read as readCb, readdirSync, readlinkSync, readSync, write as writeCb, writeSync } from 'node:fs';
 import { promisify } from 'node:util';
 import {
   link,
@@ -31,7 +30,9 @@ import { Mutex } from './mutex.js';
 import { loopTurn, RangeCopier } from './rangecopy.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
-import { isPrivateXattr, listVisible, readInoXattr } from './xattr.js';
+import { isPrivateXattr, listVisible, readInoRecord } from './xattr.js';
+import { fstatX, lstatX, type ExactStat } from './stat.js';
+import { UTIME_NOW, UTIME_OMIT } from '../../common/native.js';
 
 export interface OverlayOptions {
   /** Lower dirs, top first. */
@@ -51,6 +52,9 @@ const FALLBACK_INO_BASE = 2 ** 52;
 /** 32-bit mode: session numbers are taken downwards from the top of the range. */
 const FALLBACK_INO32_TOP = 0xffffffff;
 const NAME_MAX = 255;
+/** Backing paths of upper dirs longer than this are replaced by a path through an fd of the dir (dirFdPath). */
+const LONG_PATH = 2048;
+const O_PATH = 0o10000000;
 
 /** A derived number in 32 bits: itself when it fits (every layer on one fs), else its high bits (the layer tag)
  *  mixed into the low ones. 0 stays 0 (no derived number); a clash is the node table's to resolve. */
@@ -61,7 +65,7 @@ function fit32(ino: number): number {
 const O_ACCMODE = 3;
 
 interface Resolution {
-  st: Stats;
+  st: ExactStat;
   /** The name as a lower listing holds it (the same string, kept by the node instead of the caller's copy). */
   name?: string;
   upper: boolean;
@@ -133,7 +137,7 @@ export class Overlay implements CopyUpHost {
   private freshPath: string | null = null;
   private tmpSeq = 0;
 
-  private constructor(opts: OverlayOptions, rootStat: Stats, layerDevs: number[]) {
+  private constructor(opts: OverlayOptions, rootStat: { dev: number }, layerDevs: number[]) {
     this.lowers = opts.lowerdirs;
     // inode numbers as the kernel's overlay (xino off) gives them when every layer is on one fs: the real st_ino;
     // layers on another fs get their index in the high bits (st_ino < 2^43, 511 layers: below 2^52)
@@ -227,12 +231,14 @@ export class Overlay implements CopyUpHost {
    * the number recorded on an upper copy at copy-up, so a number survives copy-up and remount. A number taken by
    * another node (a reused st_ino after a delete, a hardlink across layers) gets a session number instead.
    */
-  private newNode(kind: Node['kind'], upper: boolean, st: Stats, layer: number, realPath: string): Node {
-    const recorded = upper && realPath !== this.freshPath ? readInoXattr(realPath) : null;
+  private newNode(kind: Node['kind'], upper: boolean, st: { ino: number }, layer: number, realPath: string): Node {
+    const rec = upper && realPath !== this.freshPath ? readInoRecord(realPath) : null;
+    const recorded = rec?.ino ?? null;
     let ino = upper ? (recorded ?? this.derivedIno(0, st.ino)) : this.derivedIno(layer + 1, st.ino);
     if (this.ino32) ino = fit32(ino);
     if (ino <= ROOT_ID || this.nodes.has(ino)) ino = this.fallbackIno();
     const n = new Node(ino, kind, upper);
+    if (rec && kind !== 'dir') n.nlinkDelta = rec.hiddenLinks;
     this.nodes.set(n.ino, n);
     return n;
   }
@@ -269,7 +275,7 @@ export class Overlay implements CopyUpHost {
     n.keys = n.keys.filter((k) => !k.startsWith('u:'));
   }
 
-  registerUpper(n: Node, st: Stats): void {
+  registerUpper(n: Node, st: { dev: number; ino: number }): void {
     n.lowerStat = null; // upper from now on: getattr stats the upper copy
     n.noXattrs = false;
     if (n.kind !== 'dir') this.setKey(n, `u:${st.dev}:${st.ino}`);
@@ -281,8 +287,30 @@ export class Overlay implements CopyUpHost {
     if (!this.upper) throw fsErr('EROFS');
     if (n === this.root) return this.upper;
     if (!n.parent) throw fsErr('ENOENT', `inode ${n.ino} has no name`);
-    return path.join(this.upperPath(n.parent), n.name);
+    const p = path.join(this.upperPath(n.parent), n.name);
+    if (n.kind === 'dir' && n.upper && p.length > LONG_PATH / 4 && Buffer.byteLength(p) > LONG_PATH) return this.dirFdPath(n, p);
+    return p;
   }
+
+  /**
+   * Upper dirs deeper than LONG_PATH bytes of backing path are reached through an O_PATH fd of theirs:
+   * `/proc/self/fd/N/.` stands for the dir, so a path under it stays short where the joined backing path (upper dir +
+   * path in the mount) would pass PATH_MAX, and every syscall works on a path of PATH_MAX - 1 bytes in the mount, as
+   * on kernel overlay. The fd follows the dir when it is renamed; it is closed some time after the dir is removed
+   * (a call that took its path just before may still be using it).
+   */
+  private dirFdPath(n: Node, p: string): string {
+    let fd = this.dirFds.get(n);
+    if (fd === undefined) {
+      fd = openSync(p, O_PATH | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+      this.dirFds.set(n, fd);
+    }
+    // '/.': the dir itself, also for calls that do not follow a final symlink (lstat of the fd's magic link would
+    // answer for the link)
+    return `/proc/self/fd/${fd}/.`;
+  }
+
+  private readonly dirFds = new Map<Node, number>();
 
   private realPath(n: Node): string {
     if (n.upper) return this.upperPath(n);
@@ -414,11 +442,11 @@ export class Overlay implements CopyUpHost {
       const full = path.join(ld.path, name);
       if (listing.dirs[i] === 0) {
         if (res) return res; // an upper/higher dir over a lower non-dir: stop merging
-        return { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
+        return { st: lstatX(full), name: listing.names[i], upper: false, lowerPath: full, lowerLayer: ld.layer, lowerDirs: [] };
       }
       if (res && !res.st.isDirectory()) return res;
       if (!res) {
-        res = { st: lstatSync(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
+        res = { st: lstatX(full), name: listing.names[i], upper: false, lowerPath: null, lowerLayer: ld.layer, lowerDirs: [] };
         res.lowerDirs.push({ layer: ld.layer, path: full, small: res.st.size <= SMALL_DIR });
       } else {
         res.lowerDirs.push({ layer: ld.layer, path: full });
@@ -441,11 +469,11 @@ export class Overlay implements CopyUpHost {
     const n = this.node(id);
     if (n.removed || (n.parent === null && n !== this.root)) {
       // unlinked while open: the open file answers (st_nlink 0 for an upper file; lower ones count their whiteout)
-      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, fstatSync(h.fd));
+      for (const h of this.handles.values()) if (h.node === n) return this.statOf(n, fstatX(h.fd));
       throw fsErr('ENOENT');
     }
     if (!n.upper && n.lowerStat) return this.statOf(n, n.lowerStat);
-    return this.statOf(n, lstatSync(this.realPath(n)));
+    return this.statOf(n, lstatX(this.realPath(n)));
   }
 
   private statOf(n: Node, st: StatLike): NodeStat {
@@ -453,7 +481,7 @@ export class Overlay implements CopyUpHost {
     if (n.kind === 'dir') {
       // like the kernel: merged dirs report 1 (their real count is unknown without a full merge)
       if ((n.upper && n.lowerDirs.length > 0) || n.lowerDirs.length > 1) nlink = 1;
-    } else if (!n.upper) {
+    } else if (!n.upper || nlink > 0) {
       nlink = Math.max(0, nlink + n.nlinkDelta);
     }
     return {
@@ -466,9 +494,12 @@ export class Overlay implements CopyUpHost {
       size: st.size,
       blksize: st.blksize,
       blocks: st.blocks,
-      atimeMs: st.atimeMs,
-      mtimeMs: st.mtimeMs,
-      ctimeMs: st.ctimeMs,
+      atimeSec: st.atimeSec,
+      atimeNsec: st.atimeNsec,
+      mtimeSec: st.mtimeSec,
+      mtimeNsec: st.mtimeNsec,
+      ctimeSec: st.ctimeSec,
+      ctimeNsec: st.ctimeNsec,
     };
   }
 
@@ -785,13 +816,13 @@ export class Overlay implements CopyUpHost {
       await this.copyUp(p);
       // a lower file with other names: copy it up (its names become upper hardlinks), so the link count the
       // remaining names report is real, also after a remount (a whiteout alone would leave the lower count)
-      if (!n.upper && n.lowerPath && (n.lowerStat ?? lstatSync(n.lowerPath)).nlink > 1) await this.copyUp(n);
+      if (!n.upper && n.lowerPath && (n.lowerStat ?? lstatX(n.lowerPath)).nlink > 1) await this.copyUp(n);
       const target = path.join(this.upperPath(p), name);
       const wh = await this.lowerPositive(p, name);
       this.touched(p);
       if (n.linkCount === 1) this.pinForRemoval(n);
       if (n.upper) {
-        const st = lstatSync(target);
+        const st = lstatX(target);
         if (wh) this.replaceWithWhiteout(target);
         else unlinkSync(target);
         if (st.nlink <= 1) this.dropUpperKey(n);
@@ -848,6 +879,11 @@ export class Overlay implements CopyUpHost {
   }
 
   private dropDir(n: Node): void {
+    const fd = this.dirFds.get(n);
+    if (fd !== undefined) {
+      this.dirFds.delete(n);
+      setTimeout(() => closeQuietly(fd), 10_000).unref();
+    }
     n.removed = true;
     n.links = [];
     n.children.clear();
@@ -883,6 +919,9 @@ export class Overlay implements CopyUpHost {
       }
       this.writable();
       await this.prepareMove(src);
+      // a lower file with other names, replaced: copied up first, as unlink does, so its other names report the real
+      // link count (kernel overlay with index=on does the same)
+      if (dst && dst.kind !== 'dir' && !dst.upper && dst.lowerPath && (dst.lowerStat ?? lstatX(dst.lowerPath)).nlink > 1) await this.copyUp(dst);
       await this.copyUp(dp);
       const from = path.join(this.upperPath(sp), name);
       const to = path.join(this.upperPath(dp), newName);
@@ -926,7 +965,11 @@ export class Overlay implements CopyUpHost {
   private async prepareMove(n: Node): Promise<void> {
     if (n.kind === 'dir' && n.lowerDirs.length > 0) {
       await copyUpTree(this, n);
-      setOpaque(this.upperPath(n));
+      const top = this.upperPath(n);
+      setOpaque(top);
+      // nothing below is merged any more: whiteouts in the copied tree would hide nothing, and kernel overlay, which
+      // merges nothing under an opaque dir either, would list them as broken entries
+      await dropWhiteouts(top);
       clearLowers(n);
     } else {
       await this.copyUp(n);
@@ -990,14 +1033,15 @@ export class Overlay implements CopyUpHost {
     });
   }
 
-  /** Times in ms since the epoch; null = now. */
-  async utimens(id: number, atimeMs: number | null, mtimeMs: number | null): Promise<void> {
+  /** Set times exactly: seconds and nanoseconds since the epoch, 'now' (the kernel's clock) or 'omit' (unchanged). */
+  async utimens(id: number, atime: TimeSpec, mtime: TimeSpec): Promise<void> {
     return this.lock.run(async () => {
       const n = this.node(id);
       this.writable();
       await this.copyUp(n);
-      const now = Date.now();
-      lutimesSync(this.upperPath(n), (atimeMs ?? now) / 1000, (mtimeMs ?? now) / 1000);
+      const [as, an] = timeArgs(atime);
+      const [ms, mn] = timeArgs(mtime);
+      native.lutimens(this.upperPath(n), as, an, ms, mn);
     });
   }
 
@@ -1360,9 +1404,20 @@ export class Overlay implements CopyUpHost {
   async close(): Promise<void> {
     const hs = [...this.handles.values()];
     this.handles.clear();
+    for (const fd of this.dirFds.values()) closeQuietly(fd);
+    this.dirFds.clear();
     this.implicit.clear();
     await Promise.all(hs.map((h) => closeAsync(h.fd).catch(() => undefined)));
   }
+}
+
+/** A time to set: exact seconds and nanoseconds, the kernel's 'now', or 'omit' to leave it. */
+export type TimeSpec = { sec: number; nsec: number } | 'now' | 'omit';
+
+function timeArgs(t: TimeSpec): [number, number] {
+  if (t === 'now') return [0, UTIME_NOW];
+  if (t === 'omit') return [0, UTIME_OMIT];
+  return [t.sec, t.nsec];
 }
 
 function closeQuietly(fd: number): void {
@@ -1419,6 +1474,19 @@ function mustBeFile(n: Node): void {
 function clearLowers(n: Node): void {
   n.lowerDirs = [];
   for (const c of n.children.values()) if (c && c.kind === 'dir') clearLowers(c);
+}
+
+/** Remove the whiteouts (both forms) of an upper tree that merges no lower dir any more. */
+async function dropWhiteouts(dir: string): Promise<void> {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await dropWhiteouts(p);
+    else if (e.name.startsWith(WH_PREFIX)) unlinkSync(p);
+    else if (e.isCharacterDevice()) {
+      const st = await lstatOrNull(p);
+      if (st && isWhiteoutStat(st)) unlinkSync(p);
+    }
+  }
 }
 
 async function clearDir(dir: string): Promise<void> {

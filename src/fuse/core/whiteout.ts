@@ -3,17 +3,16 @@
  *  - kernel overlay format (what we write): char device 0/0 = whiteout, xattr trusted.overlay.opaque=y = opaque dir;
  *  - AUFS/OCI file form (read only): `.wh.NAME` hides NAME in lower layers, `.wh..wh..opq` makes its dir opaque.
  */
-import type { Stats } from 'node:fs';
-import { lstatSync } from 'node:fs';
 import path from 'node:path';
 import { mkWhiteout, native } from '../../common/native.js';
 import { isCode } from './errors.js';
+import { lstatXOrNull, type ExactStat } from './stat.js';
 
 export const WH_PREFIX = '.wh.';
 export const WH_OPAQUE = '.wh..wh..opq';
 export const OPAQUE_XATTR = 'trusted.overlay.opaque';
 
-export function isWhiteoutStat(st: Stats): boolean {
+export function isWhiteoutStat(st: { isCharacterDevice(): boolean; rdev: number }): boolean {
   return st.isCharacterDevice() && st.rdev === 0;
 }
 
@@ -29,16 +28,16 @@ export function isHiddenName(name: string): boolean {
 
 /** lstat of a path on a backing dir, never on the mount: synchronous (a threadpool round trip costs more than the
  *  syscall) and without an exception for the common ENOENT. */
-export function lstatOrNullSync(p: string): Stats | null {
+export function lstatOrNullSync(p: string): ExactStat | null {
   try {
-    return lstatSync(p, { throwIfNoEntry: false }) ?? null;
+    return lstatXOrNull(p);
   } catch (err) {
     if (isCode(err, 'ENOENT', 'ENOTDIR')) return null;
     throw err;
   }
 }
 
-export async function lstatOrNull(p: string): Promise<Stats | null> {
+export async function lstatOrNull(p: string): Promise<ExactStat | null> {
   return lstatOrNullSync(p);
 }
 

@@ -46,18 +46,29 @@ export function copyXattrs(src: string, dst: string): void {
 export const INO_XATTR = 'trusted.overlay.layerfs.ino';
 
 export function readInoXattr(p: string): number | null {
+  return readInoRecord(p)?.ino ?? null;
+}
+
+/**
+ * The record kept on an upper file made by copy-up: its inode number, and (after `/`) the names of the lower inode
+ * that were hidden (whited out, shadowed) when it was copied up, so not linked to the upper inode: kernel overlay
+ * (index=on) keeps counting them in st_nlink, and so do we.
+ */
+export function readInoRecord(p: string): { ino: number; hiddenLinks: number } | null {
   try {
-    const v = Number(native.lgetxattr(p, INO_XATTR).toString());
-    return Number.isSafeInteger(v) && v > 0 ? v : null;
+    const [a, b] = native.lgetxattr(p, INO_XATTR).toString().split('/');
+    const ino = Number(a);
+    const hidden = b === undefined ? 0 : Number(b);
+    return Number.isSafeInteger(ino) && ino > 0 ? { ino, hiddenLinks: Number.isSafeInteger(hidden) && hidden > 0 ? hidden : 0 } : null;
   } catch {
     return null;
   }
 }
 
 /** Best effort: without it (no trusted xattrs: not root) the number falls back to the upper st_ino on remount. */
-export function writeInoXattr(p: string, ino: number): void {
+export function writeInoXattr(p: string, ino: number, hiddenLinks = 0): void {
   try {
-    native.lsetxattr(p, INO_XATTR, Buffer.from(String(ino)), 0);
+    native.lsetxattr(p, INO_XATTR, Buffer.from(hiddenLinks > 0 ? `${ino}/${hiddenLinks}` : String(ino)), 0);
   } catch {
     // not root or no xattr support
   }

@@ -5,14 +5,15 @@
  *
  * Limits of this transport (the /dev/fuse transport lifts them): new files are owned by the server's uid (libfuse 2
  * high-level does not expose the caller), times have ms precision, fuse-native's utimens passes atime for both
- * times, renameat2 flags are not passed (the kernel answers EINVAL for them), xattr/readlink buffers are not sized.
+ * times, renameat2 flags are not passed (the kernel answers EINVAL for them). Its xattr replies were not sized (EIO
+ * for a small buffer; a list longer than the buffer threw out of fuse-native and ended the server): overridden here.
  */
 import { createRequire } from 'node:module';
 import { constants as osc } from 'node:os';
 import type { Logger } from 'pino';
 import { errnoOf, fsErr } from '../core/errors.js';
 import type { Kind, NodeStat } from '../core/node.js';
-import { ROOT_ID, type Overlay } from '../core/overlay.js';
+import { ROOT_ID, type Overlay, type TimeSpec } from '../core/overlay.js';
 
 const require = createRequire(import.meta.url);
 
@@ -56,9 +57,10 @@ function fuseStat(s: NodeStat, ino: number, nlink: number): Record<string, numbe
     rdev: s.rdev,
     blksize: s.blksize,
     blocks: s.blocks,
-    atime: Math.floor(s.atimeMs),
-    mtime: Math.floor(s.mtimeMs),
-    ctime: Math.floor(s.ctimeMs),
+    // fuse-native's stat carries milliseconds (its wire layout): the nanoseconds below a millisecond are lost here
+    atime: s.atimeSec * 1000 + Math.floor(s.atimeNsec / 1e6),
+    mtime: s.mtimeSec * 1000 + Math.floor(s.mtimeNsec / 1e6),
+    ctime: s.ctimeSec * 1000 + Math.floor(s.ctimeNsec / 1e6),
   };
 }
 
@@ -120,7 +122,8 @@ function fillStat(a: Uint32Array, o: number, st: StatIn): void {
  * backing store; ~700k of them in a walk of bench-fuse's dataset left the malloc heap 6 MB larger. Its native side
  * copies a stat out when the reply's process.nextTick runs, so a getattr's array goes back to a pool in the tick
  * after (ticks run in order), and a readdir's entries are views of one array. Overrides fuse-native 2.2.6's
- * `_op_getattr`, `_op_fgetattr` and `_op_readdir` (package-lock pins the version).
+ * `_op_getattr`, `_op_fgetattr` and `_op_readdir` (package-lock pins the version), and `_op_getxattr` and
+ * `_op_listxattr`, whose sizes were wrong.
  */
 export function fuseNativeWith(extra: string[]): FuseNativeCtor {
   const Fuse = require('fuse-native') as FuseNativeCtor;
@@ -151,6 +154,38 @@ export function fuseNativeWith(extra: string[]): FuseNativeCtor {
 
     _op_fgetattr(signal: Signal, path: string, fd: number): void {
       this.userOps.fgetattr(path, fd, (err: number, st: StatIn) => this.replyStat(signal, err, st));
+    }
+
+    /**
+     * fuse-native 2.2.6's getxattr copies the value into the caller's buffer whatever its size and answers the full
+     * length: a buffer smaller than the value got a reply longer than asked for, which the kernel fails with EIO.
+     * Here: size 0 asks for the length; a value that does not fit is ERANGE, as on any fs.
+     */
+    _op_getxattr(signal: Signal, path: string, name: string, valueBuf: Buffer, position: number): void {
+      this.userOps.getxattr(path, name, position, (err: number | null, value?: Buffer) => {
+        if (err) return signal(err, valueBuf.buffer);
+        if (!value) return signal(-osc.errno.ENODATA, valueBuf.buffer);
+        if (valueBuf.length === 0) return signal(value.length, valueBuf.buffer);
+        if (value.length > valueBuf.length) return signal(-osc.errno.ERANGE, valueBuf.buffer);
+        value.copy(valueBuf);
+        return signal(value.length, valueBuf.buffer);
+      });
+    }
+
+    /**
+     * fuse-native 2.2.6's listxattr wrote the names past the end of a small buffer (a RangeError thrown out of its
+     * callback ended the server: any user could take the mount down) and asked for 128 bytes more than needed. Here:
+     * the exact length, ERANGE when the list does not fit.
+     */
+    _op_listxattr(signal: Signal, path: string, listBuf: Buffer): void {
+      this.userOps.listxattr(path, (err: number | null, list?: string[]) => {
+        if (err || !list) return signal(err || -osc.errno.EIO, listBuf.buffer);
+        const out = Buffer.concat(list.map((n) => Buffer.from(n + '\0')));
+        if (listBuf.length === 0) return signal(out.length, listBuf.buffer);
+        if (out.length > listBuf.length) return signal(-osc.errno.ERANGE, listBuf.buffer);
+        out.copy(listBuf);
+        return signal(out.length, listBuf.buffer);
+      });
     }
 
     _op_readdir(signal: Signal, path: string): void {
@@ -276,7 +311,7 @@ export class FuseNativeTransport {
         this.run('chown', cb, async () => c.chown(await this.resolve(p), uid === 0xffffffff ? -1 : uid, gid === 0xffffffff ? -1 : gid), ok0),
       utimens: (p: string, atime: number, mtime: number, cb: Cb) =>
         this.run('utimens', cb, async () => {
-          const t = (v: number) => (v === UTIME_MS_SENTINEL ? null : v);
+          const t = (v: number): TimeSpec => (v === UTIME_MS_SENTINEL ? 'now' : { sec: Math.floor(v / 1000), nsec: (v - Math.floor(v / 1000) * 1000) * 1e6 });
           return c.utimens(await this.resolve(p), t(atime), t(mtime));
         }, ok0),
       mknod: (p: string, mode: number, dev: number, cb: Cb) =>

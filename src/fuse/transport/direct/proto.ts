@@ -160,18 +160,6 @@ export function cstr(b: Buffer, off: number, end: number): [string, number] {
   return [b.toString('utf8', off, z), z + 1];
 }
 
-/** ms-since-epoch double -> (seconds, nanoseconds) */
-function splitTime(ms: number): [number, number] {
-  let sec = Math.floor(ms / 1000);
-  let ns = Math.round((ms - sec * 1000) * 1e6);
-  if (ns >= 1e9) {
-    sec += 1;
-    ns -= 1e9;
-  }
-  if (ns < 0) ns = 0;
-  return [sec, ns];
-}
-
 function writeI64(b: Buffer, v: number, off: number): void {
   b.writeBigInt64LE(BigInt(v), off);
 }
@@ -181,15 +169,13 @@ export function writeAttr(b: Buffer, off: number, s: NodeStat): void {
   writeU64(b, s.ino, off);
   writeU64(b, s.size, off + 8);
   writeU64(b, s.blocks, off + 16);
-  const [as, an] = splitTime(s.atimeMs);
-  const [ms, mn] = splitTime(s.mtimeMs);
-  const [cs, cn] = splitTime(s.ctimeMs);
-  writeI64(b, as, off + 24);
-  writeI64(b, ms, off + 32);
-  writeI64(b, cs, off + 40);
-  b.writeUInt32LE(an, off + 48);
-  b.writeUInt32LE(mn, off + 52);
-  b.writeUInt32LE(cn, off + 56);
+  // exact seconds and nanoseconds, as the backing fs has them
+  writeI64(b, s.atimeSec, off + 24);
+  writeI64(b, s.mtimeSec, off + 32);
+  writeI64(b, s.ctimeSec, off + 40);
+  b.writeUInt32LE(s.atimeNsec, off + 48);
+  b.writeUInt32LE(s.mtimeNsec, off + 52);
+  b.writeUInt32LE(s.ctimeNsec, off + 56);
   b.writeUInt32LE(s.mode >>> 0, off + 60);
   b.writeUInt32LE(Math.min(s.nlink, 0xffffffff) >>> 0, off + 64);
   b.writeUInt32LE(s.uid >>> 0, off + 68);

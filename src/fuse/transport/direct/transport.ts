@@ -19,13 +19,13 @@
  *    is reading), and attach for the fallback to plain opens.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, constants as fsc, fstatSync, openSync, read, writevSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, read, readFileSync, writevSync } from 'node:fs';
 import { availableParallelism, constants as osc } from 'node:os';
 import type { Logger } from 'pino';
 import { native } from '../../../common/native.js';
 import { errnoOf, fsErr } from '../../core/errors.js';
-import type { DirEntry, Node, NodeStat } from '../../core/node.js';
-import { ROOT_ID, SYNC_IO_MAX, type Overlay } from '../../core/overlay.js';
+import type { DirEntry, Node } from '../../core/node.js';
+import { ROOT_ID, SYNC_IO_MAX, type Overlay, type TimeSpec } from '../../core/overlay.js';
 import {
   attrOut,
   cstr,
@@ -101,7 +101,10 @@ export function defaultSpinUs(): number {
 
 export interface TransportStats {
   requests: number;
+  /** INTERRUPTs received. */
   interrupts: number;
+  /** Requests answered EINTR after one (their callers were dying). */
+  eintr: number;
   byOp: Record<string, number>;
 }
 
@@ -150,7 +153,12 @@ const S_IFDIR = 0o040000;
 const S_ISGID = 0o2000;
 const TYPE_MODE: Record<DirEntry['kind'], number> = { dir: 0o040000, file: 0o100000, symlink: 0o120000, other: 0 };
 
-/** Ops that only read: an INTERRUPT answers them EINTR at once (the core's work finishes unseen). */
+/**
+ * Ops that only read (and OPEN, which may copy up): an INTERRUPT answers them EINTR, but only when the caller is dying
+ * (a fatal signal pending: see fatalSignalPending). Kernel overlay never fails a lookup, stat, xattr read or readdir
+ * with EINTR, and a non-fatal signal (Go's preemption SIGURG, a timer) must not either. Changes are never answered
+ * early: the change would be done while the kernel believes it failed.
+ */
 const INTERRUPTIBLE = new Set<number>([Op.LOOKUP, Op.GETATTR, Op.READ, Op.READDIR, Op.READDIRPLUS, Op.READLINK, Op.GETXATTR, Op.LISTXATTR, Op.STATFS, Op.ACCESS, Op.OPEN, Op.OPENDIR, Op.FSYNC, Op.FSYNCDIR, Op.FLUSH, Op.LSEEK]);
 
 interface DirHandle {
@@ -162,9 +170,40 @@ interface DirHandle {
 
 interface InFlight {
   opcode: number;
+  unique: bigint;
+  /** The calling thread (the request header's pid). */
+  pid: number;
   interrupted: boolean;
-  /** An INTERRUPT answers it EINTR at once (ops that only read; a write while it waits for a copy-up). */
+  /** An INTERRUPT answers it EINTR once its caller is dying (ops that only read; a write while it waits for a
+   *  copy-up). */
   interruptible: boolean;
+  /** An INTERRUPT came for it (the kernel sends one per request, at the caller's first signal). */
+  signalled: boolean;
+  /** While signalled and not answered: polls whether the caller has since got a fatal signal. */
+  timer: NodeJS.Timeout | null;
+}
+
+const SIGKILL_BIT = 1n << 8n; // bit (SIGKILL - 1) of /proc's signal masks
+
+/**
+ * Whether thread `pid` is being killed: SIGKILL pending for it (a fatal signal, one with no handler whose default
+ * action ends the process, is turned into SIGKILL for every thread of the group when it is sent), or gone. Kernel
+ * overlay's copy-up stops only for such a signal (fatal_signal_pending), and FUSE tells the server about any signal.
+ */
+export function fatalSignalPending(pid: number): boolean {
+  let s: string;
+  try {
+    s = readFileSync(`/proc/${pid}/status`, 'latin1');
+  } catch {
+    return true; // gone
+  }
+  const state = /^State:\s*(\S)/m.exec(s)?.[1];
+  if (state === 'Z' || state === 'X') return true;
+  for (const key of ['SigPnd', 'ShdPnd']) {
+    const m = new RegExp(`^${key}:\\s*([0-9a-f]+)`, 'm').exec(s);
+    if (m && (BigInt('0x' + m[1]) & SIGKILL_BIT) !== 0n) return true;
+  }
+  return false;
 }
 
 class Reply {
@@ -225,7 +264,7 @@ export class DirectTransport {
   private endResolve!: (why: string) => void;
   /** Settles when the read loop has ended (unmounted: ENODEV) with why. */
   readonly ended: Promise<string>;
-  readonly stats: TransportStats = { requests: 0, interrupts: 0, byOp: {} };
+  readonly stats: TransportStats = { requests: 0, interrupts: 0, eintr: 0, byOp: {} };
 
   constructor(
     private readonly core: Overlay,
@@ -480,7 +519,7 @@ export class DirectTransport {
     // a file read from its start: the core may read the next files of its dir ahead (readStarted)
     if (h.opcode === Op.READ && u64(buf, IN_HEADER + 8) === 0) this.core.readStarted(h.nodeid);
     if ((h.opcode === Op.READ || h.opcode === Op.WRITE) && this.ioNow(h, buf, end)) return true;
-    const fl: InFlight = { opcode: h.opcode, interrupted: false, interruptible: INTERRUPTIBLE.has(h.opcode) };
+    const fl: InFlight = { opcode: h.opcode, unique: h.unique, pid: h.pid, interrupted: false, interruptible: INTERRUPTIBLE.has(h.opcode), signalled: false, timer: null };
     this.inflight.set(h.unique, fl);
     this.busy[0] = this.inflight.size;
     // WRITE and SETXATTR keep their request buffer until done; everything else decodes what it needs up front
@@ -495,6 +534,7 @@ export class DirectTransport {
     p.then(
       (r) => {
         this.inflight.delete(h.unique);
+        if (fl.timer) clearInterval(fl.timer);
         this.busy[0] = this.inflight.size;
         if (fl.interrupted) this.dropLate(h, r);
         else this.send(h.unique, 0, r.payload);
@@ -502,6 +542,7 @@ export class DirectTransport {
       },
       (err: unknown) => {
         this.inflight.delete(h.unique);
+        if (fl.timer) clearInterval(fl.timer);
         this.busy[0] = this.inflight.size;
         if (!fl.interrupted) this.fail(h, err);
       },
@@ -550,10 +591,29 @@ export class DirectTransport {
       if (retry) setImmediate(() => this.interrupt(target, false));
       return;
     }
-    if (!fl.interruptible || fl.interrupted) return;
-    fl.interrupted = true;
+    if (fl.signalled) return;
+    fl.signalled = true;
     this.stats.interrupts++;
+    if (this.answerIfDying(target, fl) || fl.timer) return;
+    // the caller may get a fatal signal later (the kernel sends no second INTERRUPT): look now and then while the
+    // request lasts (a long copy-up)
+    fl.timer = setInterval(() => {
+      if (this.answerIfDying(target, fl) || !this.inflight.has(target)) {
+        clearInterval(fl.timer!);
+        fl.timer = null;
+      }
+    }, 20);
+    fl.timer.unref();
+  }
+
+  /** An interrupted request answered EINTR when it may be and its caller is dying. true: answered. */
+  private answerIfDying(target: bigint, fl: InFlight): boolean {
+    if (fl.interrupted) return true;
+    if (!fl.interruptible || !fatalSignalPending(fl.pid)) return false;
+    fl.interrupted = true;
+    this.stats.eintr++;
     this.send(target, osc.errno.EINTR, null);
+    return true;
   }
 
   /** A reply nobody waits for any more: undo what it would have handed the kernel (a handle). */
@@ -829,6 +889,7 @@ export class DirectTransport {
   private async copiedUp(id: number, fl: InFlight): Promise<boolean> {
     if (!this.core.needsCopyUp(id)) return true;
     fl.interruptible = true;
+    if (fl.signalled) this.answerIfDying(fl.unique, fl);
     await this.core.prepareWrite(id);
     fl.interruptible = false;
     return !fl.interrupted;
@@ -1058,14 +1119,8 @@ export class DirectTransport {
     const setA = (valid & (FATTR.ATIME | FATTR.ATIME_NOW)) !== 0;
     const setM = (valid & (FATTR.MTIME | FATTR.MTIME_NOW)) !== 0;
     if (setA || setM) {
-      const cur: NodeStat | null = setA && setM ? null : await c.getattr(id);
-      const t = (set: boolean, now: number, sec: number, ns: number, keep: number | undefined): number | null =>
-        !set ? (keep as number) : now ? null : sec * 1000 + ns / 1e6;
-      await c.utimens(
-        id,
-        t(setA, valid & FATTR.ATIME_NOW, atime, atimens, cur?.atimeMs),
-        t(setM, valid & FATTR.MTIME_NOW, mtime, mtimens, cur?.mtimeMs),
-      );
+      const t = (set: boolean, now: number, sec: number, nsec: number): TimeSpec => (!set ? 'omit' : now ? 'now' : { sec, nsec });
+      await c.utimens(id, t(setA, valid & FATTR.ATIME_NOW, atime, atimens), t(setM, valid & FATTR.MTIME_NOW, mtime, mtimens));
     }
     return new Reply(attrOut(await c.getattr(id), this.attrTimeout));
   }

@@ -79,6 +79,10 @@ function isReservedXattr(name: string): boolean {
   return name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.');
 }
 
+function timeArg(t: number): number {
+  return (t < 0 ? new Date(t * 1000) : t) as number;
+}
+
 let umaskCache: number | undefined;
 
 class Applier {
@@ -280,8 +284,9 @@ class Applier {
     }
   }
 
+  /** Node's fs replaces a negative number of seconds by "now": times before 1970 go as Dates. */
   private times(h: TarHeader): [number, number] {
-    return [h.atime ?? h.mtime, h.mtime];
+    return [timeArg(h.atime ?? h.mtime), timeArg(h.mtime)];
   }
 
   // ---------- entries ----------
@@ -384,7 +389,7 @@ class Applier {
       // than the syscalls themselves.
       const data = await body.all();
       if (this.writer && !h.xattrs) {
-        const w = this.writer.add(rel, entry, abs, h.mode, data, h.uid, h.gid, chown, chmod, at, mt);
+        const w = this.writer.add(rel, entry, abs, h.mode, data, h.uid, h.gid, chown, chmod, h.atime ?? h.mtime, h.mtime);
         if (w) await w;
         return;
       }

@@ -7,6 +7,7 @@ import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { chainIds, hexOf, sha256Digest } from './digest.js';
 import { normalizeName } from './refs.js';
 import { configDiffIds, openImageSource } from './source.js';
+import type { PullEvent } from './registry/pull.js';
 
 export interface AddLayerInput {
   parent: string | null;
@@ -14,6 +15,9 @@ export interface AddLayerInput {
   /** Known diff id (from the image config): lets an existing layer be reused without reading the tar. */
   diffDigest?: string;
   compressedDigest?: string;
+  /** What errors name the layer by (default: its digest). */
+  label?: string;
+  onBytes?: (n: number) => void;
 }
 
 /**
@@ -38,6 +42,8 @@ export async function addROLayer(store: Store, index: Index, input: AddLayerInpu
     const res = await applyLayer(input.open(), `${tmp}/diff`, {
       ...(input.diffDigest ? { expectDiffDigest: input.diffDigest } : {}),
       ...(input.compressedDigest ? { expectCompressedDigest: input.compressedDigest } : {}),
+      label: input.label ?? `layer ${input.compressedDigest ?? input.diffDigest ?? '(tar)'}`,
+      ...(input.onBytes ? { onBytes: input.onBytes } : {}),
     });
     return await publishApplied(store, index, tmp, hexOf(chainOf(res.diffDigest)), parentRec ? parentRec.id : null, res);
   } catch (err) {
@@ -65,6 +71,7 @@ export async function publishApplied(
     compressedDigest: res.compressedDigest,
     size: res.size,
     compressedSize: res.compressedSize,
+    ...(res.compression !== 'none' ? { compression: res.compression } : {}),
     rw: false,
     created: new Date().toISOString(),
   };
@@ -74,6 +81,11 @@ export async function publishApplied(
   return { layer: stored, created };
 }
 
+/** The OCI media type of a layer blob compressed with c. */
+export function layerMediaType(c: LayerRecord['compression']): string {
+  return c === 'gzip' ? 'application/vnd.oci.image.layer.v1.tar+gzip' : c === 'zstd' ? 'application/vnd.oci.image.layer.v1.tar+zstd' : 'application/vnd.oci.image.layer.v1.tar';
+}
+
 export interface ImportResult {
   image: ImageRecord;
   /** Per layer: whether it was extracted now (false: already in the store). */
@@ -81,7 +93,9 @@ export interface ImportResult {
 }
 
 /** Import an OCI layout dir, OCI archive or docker-save archive into the shared store. */
-export async function importImage(store: Store, index: Index, input: string, names: string[]): Promise<ImportResult> {
+export async function importImage(store: Store, index: Index, input: string, names: string[], onProgress?: (ev: PullEvent) => void): Promise<ImportResult> {
+  const emit = onProgress ?? (() => undefined);
+  for (const n of names) normalizeName(n); // a bad --name fails before any work
   return store.withWriteLock(`image import ${input}`, async () => {
     const src = await openImageSource(input, store.sharedPath('overlay'));
     try {
@@ -92,14 +106,34 @@ export async function importImage(store: Store, index: Index, input: string, nam
       const layers: LayerRecord[] = [];
       const extracted: boolean[] = [];
       let parent: string | null = null;
+      const label = (i: number) => src.layers[i]!.digest ?? diffIds[i]!;
+      emit({ type: 'resolved', name: input, manifestDigest: src.manifest ? sha256Digest(src.manifest) : '', layers: src.layers.map((l, i) => ({ digest: label(i), size: l.size ?? -1, exists: false })) });
       for (let i = 0; i < src.layers.length; i++) {
         const l = src.layers[i]!;
-        const { layer, created } = await addROLayer(store, index, {
-          parent,
-          open: l.open,
-          diffDigest: diffIds[i]!,
-          ...(l.digest ? { compressedDigest: l.digest } : {}),
-        });
+        const total = l.size ?? -1;
+        let bytes = 0;
+        let res: { layer: LayerRecord; created: boolean };
+        try {
+          res = await addROLayer(store, index, {
+            parent,
+            open: () => {
+              emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: 0, total });
+              return l.open();
+            },
+            diffDigest: diffIds[i]!,
+            ...(l.digest ? { compressedDigest: l.digest } : {}),
+            label: `layer ${label(i)}`,
+            onBytes: (n) => {
+              bytes = n;
+              emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: n, total });
+            },
+          });
+        } catch (err) {
+          emit({ type: 'layer', index: i, digest: label(i), state: 'failed', bytes, total });
+          throw err;
+        }
+        const { layer, created } = res;
+        emit({ type: 'layer', index: i, digest: label(i), state: created ? 'done' : 'exists', bytes, total: total >= 0 ? total : bytes });
         logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
         layers.push(layer);
         extracted.push(created);
@@ -113,7 +147,7 @@ export async function importImage(store: Store, index: Index, input: string, nam
             schemaVersion: 2,
             mediaType: 'application/vnd.oci.image.manifest.v1+json',
             config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: src.configDigest, size: src.config.length },
-            layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.compressedDigest, size: l.compressedSize ?? 0 })),
+            layers: layers.map((l) => ({ mediaType: layerMediaType(l.compression), digest: l.compressedDigest, size: l.compressedSize ?? 0 })),
           }),
         );
       const image = await publishImageOf(store, index, { config: src.config, configDigest: src.configDigest, manifest, layers, names: names.length ? names : src.names });

@@ -54,8 +54,8 @@ export class Service {
   }
 
   // ---- images
-  async importImage(input: string, names: string[] = []): Promise<ImportResult> {
-    return importImage(this.store, this.index, input, names);
+  async importImage(input: string, names: string[] = [], onProgress?: Parameters<typeof importImage>[4]): Promise<ImportResult> {
+    return importImage(this.store, this.index, input, names, onProgress);
   }
 
   async listImages(): Promise<ImageRecord[]> {

@@ -7,7 +7,10 @@ import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { chainIds, hexOf, sha256Digest } from './digest.js';
 import { normalizeName } from './refs.js';
 import { configDiffIds, openImageSource } from './source.js';
-import type { PullEvent } from './registry/pull.js';
+import { Semaphore, type PullEvent } from './registry/pull.js';
+
+/** Layers of one image applied at once by an import (env LAYERFS_IMPORT_PARALLEL; 1 = one after the other). */
+const IMPORT_PARALLEL = Math.max(1, Number(process.env.LAYERFS_IMPORT_PARALLEL) || 3);
 
 export interface AddLayerInput {
   parent: string | null;
@@ -103,42 +106,81 @@ export async function importImage(store: Store, index: Index, input: string, nam
       if (diffIds.length !== src.layers.length) {
         throw new LayerfsError('EBADIMAGE', input, `config lists ${diffIds.length} diff ids but the manifest has ${src.layers.length} layers`);
       }
-      const layers: LayerRecord[] = [];
-      const extracted: boolean[] = [];
-      let parent: string | null = null;
+      // Layers are applied in parallel, each into its own staging dir (IMPORT_PARALLEL at once), and
+      // published bottom-up as before: a layer's parent is always published first.
+      const n = src.layers.length;
+      const chain = chainIds(diffIds).map(hexOf);
+      const records: (LayerRecord | null)[] = new Array<LayerRecord | null>(n).fill(null);
+      const extracted: boolean[] = new Array<boolean>(n).fill(false);
       const label = (i: number) => src.layers[i]!.digest ?? diffIds[i]!;
-      emit({ type: 'resolved', name: input, manifestDigest: src.manifest ? sha256Digest(src.manifest) : '', layers: src.layers.map((l, i) => ({ digest: label(i), size: l.size ?? -1, exists: false })) });
-      for (let i = 0; i < src.layers.length; i++) {
+      for (let i = 0; i < n; i++) {
+        const existing = await store.readSharedLayer(chain[i]!);
+        if (existing && (await store.roLayerComplete(chain[i]!))) {
+          await store.linkLocal(chain[i]!, 'layer');
+          await index.putLayer(existing);
+          records[i] = existing;
+        }
+      }
+      emit({ type: 'resolved', name: input, manifestDigest: src.manifest ? sha256Digest(src.manifest) : '', layers: src.layers.map((l, i) => ({ digest: label(i), size: l.size ?? -1, exists: records[i] !== null })) });
+      records.forEach((r, i) => r && emit({ type: 'layer', index: i, digest: label(i), state: 'exists', bytes: 0, total: src.layers[i]!.size ?? -1 }));
+      const sem = new Semaphore(IMPORT_PARALLEL);
+      let firstErr: unknown = null;
+      const task = async (i: number, prev: Promise<void>): Promise<void> => {
         const l = src.layers[i]!;
         const total = l.size ?? -1;
         let bytes = 0;
-        let res: { layer: LayerRecord; created: boolean };
+        let shown = 0;
+        let tmp: string | null = null;
         try {
-          res = await addROLayer(store, index, {
-            parent,
-            open: () => {
-              emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: 0, total });
-              return l.open();
-            },
-            diffDigest: diffIds[i]!,
-            ...(l.digest ? { compressedDigest: l.digest } : {}),
-            label: `layer ${label(i)}`,
-            onBytes: (n) => {
-              bytes = n;
-              emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: n, total });
-            },
-          });
+          let res: ApplyResult;
+          await sem.acquire();
+          try {
+            if (firstErr !== null) throw firstErr;
+            tmp = await store.stageLayer();
+            emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: 0, total });
+            res = await applyLayer(l.open(), `${tmp}/diff`, {
+              expectDiffDigest: diffIds[i]!,
+              ...(l.digest ? { expectCompressedDigest: l.digest } : {}),
+              label: `layer ${label(i)}`,
+              onBytes: (b) => {
+                bytes = b;
+                if (b - shown >= 256 << 10) {
+                  shown = b;
+                  emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: b, total });
+                }
+              },
+            });
+          } finally {
+            sem.release();
+          }
+          await prev; // publish bottom-up: the parent first
+          if (firstErr !== null) throw firstErr;
+          const { layer, created } = await publishApplied(store, index, tmp!, chain[i]!, i ? chain[i - 1]! : null, res);
+          tmp = null;
+          records[i] = layer;
+          extracted[i] = created;
+          emit({ type: 'layer', index: i, digest: label(i), state: created ? 'done' : 'exists', bytes, total: total >= 0 ? total : bytes });
+          logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
         } catch (err) {
-          emit({ type: 'layer', index: i, digest: label(i), state: 'failed', bytes, total });
+          if (firstErr === null) {
+            firstErr = err;
+            emit({ type: 'layer', index: i, digest: label(i), state: 'failed', bytes, total });
+          }
           throw err;
+        } finally {
+          if (tmp) await store.discardStaged(tmp).catch(() => undefined);
         }
-        const { layer, created } = res;
-        emit({ type: 'layer', index: i, digest: label(i), state: created ? 'done' : 'exists', bytes, total: total >= 0 ? total : bytes });
-        logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
-        layers.push(layer);
-        extracted.push(created);
-        parent = layer.id;
+      };
+      const published: Promise<void>[] = [];
+      for (let i = 0; i < n; i++) {
+        const prev = i > 0 ? published[i - 1]! : Promise.resolve();
+        const p = records[i] ? prev : task(i, prev);
+        p.catch(() => undefined); // handled: awaited below and by the next layer
+        published.push(p);
       }
+      await Promise.allSettled(published);
+      if (firstErr !== null) throw firstErr;
+      const layers = records as LayerRecord[];
       // docker-save has no manifest: synthesize the OCI one the layers would have had
       const manifest =
         src.manifest ??

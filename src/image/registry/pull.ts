@@ -67,7 +67,8 @@ interface Manifest {
   manifests?: Descriptor[];
 }
 
-class Semaphore {
+/** At most n holders at once (FIFO). */
+export class Semaphore {
   private waiters: (() => void)[] = [];
   constructor(private free: number) {}
   async acquire(): Promise<void> {

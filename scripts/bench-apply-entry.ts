@@ -7,6 +7,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { applyLayer } from '../src/archive/index.js';
+import { applyLayerThreaded } from '../src/archive/apply-thread.js';
 
 const args = process.argv.slice(2);
 if (args.length < 2 || args.length % 2) {
@@ -26,7 +27,9 @@ async function worker(): Promise<void> {
   while (next < pairs.length) {
     const i = next++;
     const [tar, dir] = pairs[i]!;
-    const r = await applyLayer(createReadStream(tar, { highWaterMark: 1 << 20 }), dir);
+    // as image import: several layers -> each on a worker thread (LAYERFS_APPLY_THREADS=0: main thread)
+    const fn = pairs.length > 1 && process.env.LAYERFS_APPLY_THREADS !== '0' ? applyLayerThreaded : applyLayer;
+    const r = await fn(createReadStream(tar, { highWaterMark: 1 << 20 }), dir);
     size += r.size;
     digests[i] = r.diffDigest;
   }

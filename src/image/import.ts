@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { applyLayer, type ApplyResult } from '../archive/index.js';
+import { applyLayerThreaded } from '../archive/apply-thread.js';
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import type { Index } from '../index/index.js';
@@ -11,6 +12,8 @@ import { Semaphore, type PullEvent } from './registry/pull.js';
 
 /** Layers of one image applied at once by an import (env LAYERFS_IMPORT_PARALLEL; 1 = one after the other). */
 const IMPORT_PARALLEL = Math.max(1, Number(process.env.LAYERFS_IMPORT_PARALLEL) || 3);
+/** Apply on worker threads when several layers are applied at once (env LAYERFS_APPLY_THREADS=0: on the main thread). */
+const THREADS = process.env.LAYERFS_APPLY_THREADS !== '0';
 
 export interface AddLayerInput {
   parent: string | null;
@@ -123,6 +126,7 @@ export async function importImage(store: Store, index: Index, input: string, nam
       }
       emit({ type: 'resolved', name: input, manifestDigest: src.manifest ? sha256Digest(src.manifest) : '', layers: src.layers.map((l, i) => ({ digest: label(i), size: l.size ?? -1, exists: records[i] !== null })) });
       records.forEach((r, i) => r && emit({ type: 'layer', index: i, digest: label(i), state: 'exists', bytes: 0, total: src.layers[i]!.size ?? -1 }));
+      const toApply = records.filter((r) => r === null).length;
       const sem = new Semaphore(IMPORT_PARALLEL);
       let firstErr: unknown = null;
       const task = async (i: number, prev: Promise<void>): Promise<void> => {
@@ -138,7 +142,8 @@ export async function importImage(store: Store, index: Index, input: string, nam
             if (firstErr !== null) throw firstErr;
             tmp = await store.stageLayer();
             emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: 0, total });
-            res = await applyLayer(l.open(), `${tmp}/diff`, {
+            // several layers to apply: each on its own thread, so their tar parsing runs on several cores
+            res = await (toApply > 1 && THREADS ? applyLayerThreaded : applyLayer)(l.open(), `${tmp}/diff`, {
               expectDiffDigest: diffIds[i]!,
               ...(l.digest ? { expectCompressedDigest: l.digest } : {}),
               label: `layer ${label(i)}`,

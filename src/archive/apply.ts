@@ -1,5 +1,5 @@
 /**
- * applyLayer: stream one layer tar (plain or gzip) into a directory in kernel overlay format.
+ * applyLayer: stream one layer tar (plain, gzip or zstd) into a directory in kernel overlay format.
  *
  * Safety model: the target dir belongs to us alone while we apply (the store gives us a fresh temp
  * dir). We keep an in-memory map of every path we created and its kind; every parent of every entry
@@ -8,9 +8,9 @@
  * link; final components are created with calls that never follow links (O_EXCL|O_NOFOLLOW, mkdir,
  * symlink, link, mknod, l*xattr, lchown, lutimes).
  *
- * Parsing: tar-stream's extractor (PAX values made lossless for binary xattrs in tarstream-pax.ts).
- * We feed it ourselves (Feed) so that we can see where each header starts: the end-of-archive
- * marker, truncation between entries, and the checks on names, types and numbers are ours.
+ * Parsing: our own reader (tarparse.ts): names are byte strings (latin1, one char per byte) and go
+ * to the kernel as Buffers when they are not ASCII; sparse members are written segment by segment.
+ * Decompression: compress.ts (zlib for gzip, the zstd program for zstd).
  *
  * Speed: structural operations run in entry order; regular-file bodies up to SMALL_FILE bytes are
  * buffered and written by up to MAX_JOBS concurrent jobs while the stream moves on. Anything that

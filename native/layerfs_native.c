@@ -79,8 +79,18 @@ static napi_value throw_errno(napi_env env, int e, const char *syscall, const ch
   return NULL;
 }
 
+/* A path or name: a JS string (UTF-8) or a Buffer (its bytes as they are: Linux names are bytes). */
 static int get_str(napi_env env, napi_value v, char *buf, size_t len) {
   size_t n;
+  bool isbuf = false;
+  if (napi_is_buffer(env, v, &isbuf) == napi_ok && isbuf) {
+    void *data;
+    if (napi_get_buffer_info(env, v, &data, &n) != napi_ok) return -1;
+    if (n >= len - 1 || memchr(data, 0, n) != NULL) return -1;
+    memcpy(buf, data, n);
+    buf[n] = 0;
+    return 0;
+  }
   if (napi_get_value_string_utf8(env, v, buf, len, &n) != napi_ok) return -1;
   if (n >= len - 1) return -1;
   return 0;

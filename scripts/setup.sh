@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libfuse2 fuse3 fuse-overlayfs runc btrfs-progs attr util-linux e2fsprogs kmod docker-registry skopeo apache2-utils umoci busybox-static containerd golang-go golang-github-containerd-containerd-dev)
+pkgs=(libfuse2 fuse3 fuse-overlayfs runc btrfs-progs attr util-linux e2fsprogs kmod docker-registry skopeo apache2-utils umoci busybox-static containerd golang-go golang-github-containerd-containerd-dev zstd python3 tar)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

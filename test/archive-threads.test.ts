@@ -79,3 +79,43 @@ test('writer: a failing create is reported with its entry and stops the apply', 
     });
   });
 });
+
+test('applyLayerThreaded: the same tree and result as applyLayer; errors keep code and what; a failing source fails the apply after its clean-up', async () => {
+  const { applyLayerThreaded } = await import('../src/archive/apply-thread.js');
+  const { LayerfsError } = await import('../src/common/errors.js');
+  const { byteTree } = await import('./lib/bytetree.js');
+  await withTmp(async (tmp) => {
+    const entries: TarEntry[] = [{ name: 'd/' }, ...Array.from({ length: 300 }, (_, i) => ({ name: `d/f${i}`, content: randomBytes(i * 37) })), { name: 'big', content: randomBytes(3 << 20) }];
+    const tar = await buildTar(entries);
+    const chunks = (b: Buffer) => Readable.from(Array.from({ length: Math.ceil(b.length / 9999) }, (_, i) => b.subarray(i * 9999, (i + 1) * 9999)));
+    const a = path.join(tmp, 'a');
+    const b = path.join(tmp, 'b');
+    await mkdir(a);
+    await mkdir(b);
+    let seen = 0;
+    const ra = await applyLayerThreaded(chunks(tar), a, { onBytes: (n) => (seen = n) });
+    const rb = await applyLayer(chunks(tar), b);
+    assert.deepEqual(ra, rb);
+    assert.equal(seen, tar.length);
+    assert.deepEqual(byteTree(a, { mtimeDirs: true }), byteTree(b, { mtimeDirs: true }));
+    // an error from the thread: a LayerfsError with its code and what
+    const c = path.join(tmp, 'c');
+    await mkdir(c);
+    await assert.rejects(applyLayerThreaded(chunks(tar), c, { expectDiffDigest: 'sha256:' + '0'.repeat(64), label: 'layer sha256:x' }), (e: unknown) => {
+      assert.ok(e instanceof LayerfsError);
+      assert.equal(e.code, 'EDIGEST');
+      assert.equal(e.what, 'layer sha256:x');
+      return true;
+    });
+    // the source fails half way: that error, and nothing left running in the dir afterwards
+    const d = path.join(tmp, 'd');
+    await mkdir(d);
+    const failing = Readable.from(
+      (async function* () {
+        yield tar.subarray(0, 200000);
+        throw Object.assign(new Error('source went away'), { code: 'ECONNRESET' });
+      })(),
+    );
+    await assert.rejects(applyLayerThreaded(failing, d), /source went away/);
+  });
+});

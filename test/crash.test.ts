@@ -26,16 +26,16 @@ test('kill -9 of an import half way leaves nothing partial visible; the index ag
     let stderr = '';
     child.stderr!.on('data', (c) => (stderr += c));
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-    // wait until the first layer is published (its id dir appears), then kill in the middle of the rest
+    // wait until the first layer is published and indexed (its progress line says done; layers are
+    // applied in parallel but published bottom-up), then kill in the middle of the rest
     const sharedOverlay = path.join(env.LAYERFS_SHARED, 'overlay');
     const deadline = Date.now() + 60_000;
     for (;;) {
       const names = await readdir(sharedOverlay).catch(() => [] as string[]);
-      if (names.some(isId)) break;
+      if (names.some(isId) && /layer 1\/5 \S+: done/.test(stderr)) break;
       if (Date.now() > deadline) throw new Error(`import never published a layer: ${stderr}`);
       await new Promise((r) => setTimeout(r, 5));
     }
-    await new Promise((r) => setTimeout(r, 50));
     child.kill('SIGKILL');
     const code = await exited;
     assert.equal(code, null, 'the import was killed before it finished');

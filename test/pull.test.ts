@@ -288,6 +288,25 @@ describe('image pull from a registry', () => {
     assert.deepEqual(out.layers.slice(0, 2), (await JSON.parse(await cliOk(['image', 'inspect', baseId, '--json'], baseEnv))).layers.slice(0, 2));
   });
 
+  test('a zstd image (skopeo --dest-compress-format zstd): pulled, digests checked, the layers recorded as zstd', async () => {
+    const img = await makeImage([entriesOf('z1', 20), entriesOf('z2', 3)], { gzip: false });
+    const layout = path.join(scratch, 'oci-zstd');
+    await writeOciLayout(layout, [{ image: img, name: 'v1' }]);
+    await run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', '--dest-compress-format', 'zstd', '--dest-compress', `oci:${layout}:v1`, `docker://127.0.0.1:${reg.port}/lib/zstd:v1`]);
+    const remote = await registryLayers('lib/zstd');
+    const res = await fetch(`http://127.0.0.1:${reg.port}/v2/lib/zstd/manifests/v1`, { headers: { Accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    const man = (await res.json()) as { layers: { mediaType: string }[] };
+    assert.deepEqual(man.layers.map((l) => l.mediaType), ['application/vnd.oci.image.layer.v1.tar+zstd', 'application/vnd.oci.image.layer.v1.tar+zstd']);
+    const env = newStore();
+    const r = await pull(env, `127.0.0.1:${proxy.port}/lib/zstd:v1`);
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout);
+    assert.equal(`sha256:${out.id}`, img.configDigest);
+    assert.equal(await readFile(path.join(env.LAYERFS_ROOT, 'overlay', out.layers[0], 'diff/z1/f19'), 'utf8'), 'z1 file 19\n'.repeat(50));
+    const l1 = JSON.parse(await cliOk(['layer', 'inspect', out.layers[1]], env));
+    assert.deepEqual([l1.compression, l1.compressedDigest, l1.diffDigest], ['zstd', remote[1]!.digest, img.diffIds[1]]);
+  });
+
   test('an image index with two platforms: the host platform is pulled', async () => {
     const host = hostPlatform().architecture;
     const other = host === 'arm64' ? 'amd64' : 'arm64';
@@ -335,7 +354,7 @@ describe('image pull from a registry', () => {
     const env = newStore();
     const r = await pull(env, `127.0.0.1:${proxy.port}/lib/corrupt:v1`);
     assert.notEqual(r.code, 0);
-    assert.match(r.stderr, new RegExp(`layerfs: layer 1/2 blob ${bottom}: .*digest`), r.stderr);
+    assert.match(r.stderr, new RegExp(`"code":"EDIGEST".*layer 1/2 blob ${bottom}: .*digest`), r.stderr);
     assert.deepEqual(await storeState(env), { images: [], layers: [], temps: [], data: [] });
   });
 
@@ -364,7 +383,7 @@ describe('image pull from a registry', () => {
       proxy.release();
       const r = await pulling;
       assert.notEqual(r.code, 0);
-      assert.match(r.stderr, new RegExp(`layerfs: layer 2/3 blob ${big}: download interrupted after \\d+ of ${remote[1]!.size} bytes`), r.stderr);
+      assert.match(r.stderr, new RegExp(`"code":"EREGISTRY".*layer 2/3 blob ${big}: download interrupted after \\d+ of ${remote[1]!.size} bytes`), r.stderr);
       const st = await storeState(env);
       assert.deepEqual(st.images, []);
       assert.deepEqual(st.temps, []);
@@ -436,7 +455,7 @@ describe('image pull from a registry', () => {
   test('image export: skopeo accepts the OCI archive, and it imports again', async () => {
     for (const gzip of [false, true]) {
       const out = path.join(scratch, `export-${gzip}.tar`);
-      await cliOk(['image', 'export', `127.0.0.1:${proxy.port}/lib/base:v1`, out, ...(gzip ? ['--gzip'] : [])], baseEnv);
+      await cliOk(['image', 'export', `127.0.0.1:${proxy.port}/lib/base:v1`, out, ...(gzip ? ['--gzip'] : ['--compression', 'none'])], baseEnv);
       const insp = JSON.parse(await run('skopeo', ['inspect', `oci-archive:${out}`])) as { Layers: string[]; Architecture: string };
       assert.equal(insp.Layers.length, 3);
       const cfg = JSON.parse(await run('skopeo', ['inspect', '--config', `oci-archive:${out}`])) as { rootfs: { diff_ids: string[] } };

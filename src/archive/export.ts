@@ -1,29 +1,36 @@
 /**
  * exportDiff: an overlay upper dir (kernel format) -> an OCI layer tar with `.wh.` whiteouts.
- * Walks in sorted order so the same tree always gives the same bytes.
+ * Walks in sorted order so the same tree always gives the same bytes. Names are bytes end to end
+ * (Buffer paths; byte strings in the tar writer). A sparse file (fewer blocks than its size, and
+ * SEEK_HOLE finds holes) is written as a PAX 1.0 sparse member (GNU tar's --sparse format, which
+ * GNU tar, libarchive and layerfs read back with the holes; Go's archive/tar, hence containerd,
+ * reads PAX sparse too); `LAYERFS_EXPORT_SPARSE=0` writes such files as plain data.
  */
 import type { BigIntStats } from 'node:fs';
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { isErrno } from '../common/errors.js';
-import { native } from '../common/native.js';
+import { native, SEEK_DATA, SEEK_HOLE } from '../common/native.js';
 // Own header writer, not tar-stream's packer: its encodePax builds records from strings (UTF-8), so binary xattr values cannot be written.
 import { encodeHeader, END_OF_ARCHIVE, padLen, type WriteHeader } from './tarwrite.js';
 
 const READ_CHUNK = 1 << 20;
 
-function readXattrs(abs: string): Map<string, Buffer> {
+type Path = Buffer;
+const SPARSE = process.env.LAYERFS_EXPORT_SPARSE !== '0';
+
+function readXattrs(abs: Path): Map<string, Buffer> {
   const out = new Map<string, Buffer>();
   let names: string[];
   try {
-    names = native.llistxattr(abs);
+    names = native.llistxattr(abs as unknown as string);
   } catch (e) {
     if (isErrno(e, 'EOPNOTSUPP') || isErrno(e, 'ENOTSUP')) return out;
     throw e;
   }
   for (const n of names) {
     try {
-      out.set(n, native.lgetxattr(abs, n));
+      out.set(n, native.lgetxattr(abs as unknown as string, n));
     } catch (e) {
       if (isErrno(e, 'ENODATA')) continue;
       throw e;
@@ -57,9 +64,6 @@ function isYes(v: Buffer | undefined): boolean {
   return v !== undefined && v.length >= 1 && (v[0] === 0x79 || v[0] === 0x59); // 'y' / 'Y'
 }
 
-function byBytes(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a), Buffer.from(b));
-}
 
 function base(st: BigIntStats, name: string): Omit<WriteHeader, 'type'> {
   return {
@@ -72,30 +76,66 @@ function base(st: BigIntStats, name: string): Omit<WriteHeader, 'type'> {
   };
 }
 
-async function* fileBody(abs: string, size: number, name: string): AsyncGenerator<Buffer> {
+/** The data segments of a file with holes, or null when it has none. */
+async function sparseMap(abs: Path, size: number): Promise<[number, number][] | null> {
   const fh = await open(abs, 'r');
   try {
-    let left = size;
-    while (left > 0) {
-      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      if (bytesRead === 0) throw new Error(`exportDiff: ${name} shrank while being read`);
-      left -= bytesRead;
-      yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+    const map: [number, number][] = [];
+    let pos = 0;
+    while (pos < size) {
+      let d: number;
+      try {
+        d = native.lseek(fh.fd, pos, SEEK_DATA);
+      } catch (e) {
+        if (isErrno(e, 'ENXIO')) break;
+        if (isErrno(e, 'EINVAL') || isErrno(e, 'ENOTSUP') || isErrno(e, 'EOPNOTSUPP')) return null;
+        throw e;
+      }
+      if (d >= size) break;
+      const h = Math.min(native.lseek(fh.fd, d, SEEK_HOLE), size);
+      map.push([d, h - d]);
+      pos = h;
+    }
+    if (map.length === 1 && map[0]![0] === 0 && map[0]![1] === size) return null;
+    // GNU tar ends the map with the file size, so that a file ending in a hole keeps its length
+    if (map.length === 0 || map[map.length - 1]![0] + map[map.length - 1]![1] < size) map.push([size, 0]);
+    return map;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function* fileBody(abs: Path, segs: [number, number][], stored: number, name: string, head?: Buffer): AsyncGenerator<Buffer> {
+  if (head) yield head;
+  const fh = await open(abs, 'r');
+  try {
+    for (const [off, len] of segs) {
+      let left = len;
+      let pos = off;
+      while (left > 0) {
+        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        if (bytesRead === 0) throw new Error(`exportDiff: ${name} shrank while being read`);
+        left -= bytesRead;
+        pos += bytesRead;
+        yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+      }
     }
   } finally {
     await fh.close();
   }
-  const pad = padLen(size);
+  const pad = padLen(stored);
   if (pad) yield Buffer.alloc(pad);
 }
 
-async function* walk(root: string, rel: string, inodes: Map<string, string>): AsyncGenerator<Buffer> {
-  const dirAbs = rel === '' ? root : `${root}/${rel}`;
-  const names = (await readdir(dirAbs)).sort(byBytes);
-  for (const n of names) {
+async function* walk(root: Path, rel: string, inodes: Map<string, string>): AsyncGenerator<Buffer> {
+  // rel and every name below are byte strings (latin1); paths are Buffers, so no name is re-encoded
+  const dirAbs = rel === '' ? root : Buffer.concat([root, Buffer.from('/' + rel, 'latin1')]);
+  const names = (await readdir(dirAbs, { encoding: 'buffer' })).sort(Buffer.compare);
+  for (const nb of names) {
+    const n = nb.toString('latin1');
     const r = rel === '' ? n : `${rel}/${n}`;
-    const abs = `${dirAbs}/${n}`;
+    const abs = Buffer.concat([dirAbs, SLASH, nb]);
     const st = await lstat(abs, { bigint: true });
     const xa = readXattrs(abs);
     const b = base(st, r);
@@ -126,10 +166,28 @@ async function* walk(root: string, rel: string, inodes: Map<string, string>): As
         inodes.set(key, r);
       }
       const size = Number(st.size);
+      const segs = SPARSE && size > 0 && Number(st.blocks) * 512 < size ? await sparseMap(abs, size) : null;
+      if (segs) {
+        // PAX 1.0 sparse: the map (decimal, one number a line) heads the data, padded to a block
+        const text = Buffer.from([segs.length, ...segs.flat()].join('\n') + '\n');
+        const head = Buffer.concat([text, Buffer.alloc(padLen(text.length))]);
+        const stored = head.length + segs.reduce((a, [, l]) => a + l, 0);
+        const slash = r.lastIndexOf('/');
+        const ustarName = `${slash >= 0 ? r.slice(0, slash + 1) : ''}GNUSparseFile.0/${r.slice(slash + 1)}`;
+        const pax: [string, Buffer][] = [
+          ['GNU.sparse.major', Buffer.from('1')],
+          ['GNU.sparse.minor', Buffer.from('0')],
+          ['GNU.sparse.name', Buffer.from(r, 'latin1')],
+          ['GNU.sparse.realsize', Buffer.from(String(size))],
+        ];
+        yield encodeHeader({ ...b, type: 'file', size: stored, xattrs, pax, ustarName });
+        yield* fileBody(abs, segs, stored, r, head);
+        continue;
+      }
       yield encodeHeader({ ...b, type: 'file', size, xattrs });
-      yield* fileBody(abs, size, r);
+      yield* fileBody(abs, [[0, size]], size, r);
     } else if (st.isSymbolicLink()) {
-      yield encodeHeader({ ...b, type: 'symlink', linkname: await readlink(abs), xattrs });
+      yield encodeHeader({ ...b, type: 'symlink', linkname: (await readlink(abs, { encoding: 'buffer' })).toString('latin1'), xattrs });
     } else if (st.isCharacterDevice() || st.isBlockDevice()) {
       yield encodeHeader({
         ...b,
@@ -145,9 +203,11 @@ async function* walk(root: string, rel: string, inodes: Map<string, string>): As
   }
 }
 
+const SLASH = Buffer.from('/');
+
 export function exportDiff(upperDir: string): Readable {
   async function* gen(): AsyncGenerator<Buffer> {
-    yield* walk(upperDir, '', new Map());
+    yield* walk(Buffer.from(upperDir), '', new Map());
     yield END_OF_ARCHIVE;
   }
   return Readable.from(gen(), { objectMode: false, highWaterMark: 1 << 20 });

@@ -6,7 +6,7 @@ function p<T>(fn: (cb: Cb<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => fn((e, v) => (e ? reject(e) : resolve(v))));
 }
 
-export const open = (path: string, flags: number, mode: number) => p<number>((cb) => fs.open(path, flags, mode, cb));
+export const open = (path: fs.PathLike, flags: number, mode: number) => p<number>((cb) => fs.open(path, flags, mode, cb));
 export const close = (fd: number) => p<void>((cb) => fs.close(fd, (e) => cb(e, undefined)));
 export const fchown = (fd: number, uid: number, gid: number) => p<void>((cb) => fs.fchown(fd, uid, gid, (e) => cb(e, undefined)));
 export const fchmod = (fd: number, mode: number) => p<void>((cb) => fs.fchmod(fd, mode, (e) => cb(e, undefined)));
@@ -38,3 +38,15 @@ export function currentUmask(): number {
   }
   return 0o022;
 }
+
+/** pwrite all of buf at pos. */
+export async function writeAt(fd: number, buf: Buffer, pos: number): Promise<void> {
+  let off = 0;
+  while (off < buf.length) {
+    const n = await p<number>((cb) => fs.write(fd, buf, off, buf.length - off, pos + off, cb));
+    if (n <= 0) throw new Error('short write');
+    off += n;
+  }
+}
+
+export const ftruncate = (fd: number, len: number) => p<void>((cb) => fs.ftruncate(fd, len, (e) => cb(e, undefined)));

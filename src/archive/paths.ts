@@ -1,5 +1,5 @@
 /** Tar entry names -> safe layer-relative paths. */
-import { badTar } from '../common/errors.js';
+import { badEntry as badTar, displayName } from './tarparse.js';
 
 /**
  * Normalise a tar entry name (or hardlink target) to a relative path inside the layer:
@@ -14,7 +14,7 @@ export function normalizeName(name: string, entry: string, what = 'name'): strin
   const out: string[] = [];
   for (const p of parts) {
     if (p === '' || p === '.') continue;
-    if (p === '..') throw badTar(entry, `${what} ${JSON.stringify(name)} contains a ".." component (would climb out of the layer)`);
+    if (p === '..') throw badTar(entry, `${what} ${JSON.stringify(displayName(name))} contains a ".." component (would climb out of the layer)`);
     out.push(p);
   }
   return out.join('/');

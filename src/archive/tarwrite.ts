@@ -1,6 +1,8 @@
 /**
  * Tar header encoding (ustar + PAX 'x' records). Our own rather than tar-stream's packer because PAX
- * values must carry raw bytes (binary xattrs such as security.capability).
+ * values must carry raw bytes (binary xattrs such as security.capability), and so must names:
+ * `name` and `linkname` are byte strings (one char per byte, latin1, as tarparse.ts reads them), so
+ * a name that is not UTF-8 is written back byte for byte (in a PAX path record, as GNU tar does).
  */
 export type WriteType = 'file' | 'link' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo';
 
@@ -16,6 +18,10 @@ export interface WriteHeader {
   devmajor?: number;
   devminor?: number;
   xattrs?: Map<string, Buffer>;
+  /** Further PAX records (e.g. GNU.sparse.*), written before the xattrs. */
+  pax?: [string, Buffer][];
+  /** The ustar name field when PAX records carry the real name (e.g. GNUSparseFile.0/NAME). */
+  ustarName?: string;
 }
 
 const FLAG: Record<WriteType, string> = { file: '0', link: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' };
@@ -37,14 +43,14 @@ function octal(buf: Buffer, off: number, len: number, v: number): boolean {
 
 function block(h: WriteHeader, name: string, flag: string, size: number, linkname: string, pax: boolean): Buffer {
   const b = Buffer.alloc(512);
-  b.write(name, 0, 100, 'utf8');
+  b.write(name, 0, 100, 'latin1');
   octal(b, 100, 8, h.mode & 0o7777);
   if (!octal(b, 108, 8, h.uid) && !pax) throw new Error('uid needs PAX');
   if (!octal(b, 116, 8, h.gid) && !pax) throw new Error('gid needs PAX');
   if (!octal(b, 124, 12, size)) throw new Error('size needs PAX');
   if (!octal(b, 136, 12, h.mtime)) octal(b, 136, 12, 0);
   b.write(flag, 156, 1, 'latin1');
-  b.write(linkname, 157, 100, 'utf8');
+  b.write(linkname, 157, 100, 'latin1');
   b.write('ustar\u000000', 257, 8, 'latin1');
   octal(b, 329, 8, h.devmajor ?? 0);
   octal(b, 337, 8, h.devminor ?? 0);
@@ -56,7 +62,7 @@ function block(h: WriteHeader, name: string, flag: string, size: number, linknam
 }
 
 function fits(s: string, max: number): boolean {
-  return Buffer.byteLength(s) <= max && /^[\x20-\x7e]*$/.test(s);
+  return s.length <= max && /^[\x20-\x7e]*$/.test(s);
 }
 
 const MAX_OCT7 = 0o7777777;
@@ -67,15 +73,16 @@ export function encodeHeader(h: WriteHeader): Buffer {
   const name = h.type === 'dir' && !h.name.endsWith('/') ? h.name + '/' : h.name;
   const linkname = h.linkname ?? '';
   const recs: Buffer[] = [];
-  if (!fits(name, 100)) recs.push(paxRecord('path', Buffer.from(name)));
-  if (!fits(linkname, 100)) recs.push(paxRecord('linkpath', Buffer.from(linkname)));
+  if (!fits(name, 100) && !h.ustarName) recs.push(paxRecord('path', Buffer.from(name, 'latin1')));
+  if (!fits(linkname, 100)) recs.push(paxRecord('linkpath', Buffer.from(linkname, 'latin1')));
   if (h.uid > MAX_OCT7) recs.push(paxRecord('uid', Buffer.from(String(h.uid))));
   if (h.gid > MAX_OCT7) recs.push(paxRecord('gid', Buffer.from(String(h.gid))));
   if (h.size > MAX_OCT11) recs.push(paxRecord('size', Buffer.from(String(h.size))));
+  for (const [k, v] of h.pax ?? []) recs.push(paxRecord(k, v));
   if (h.xattrs) {
     for (const [k, v] of [...h.xattrs].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) recs.push(paxRecord('SCHILY.xattr.' + k, v));
   }
-  const plain = block(h, recs.length ? asciiCut(name) : name, FLAG[h.type], h.size > MAX_OCT11 ? 0 : h.size, recs.length ? asciiCut(linkname) : linkname, recs.length > 0);
+  const plain = block(h, h.ustarName ? asciiCut(h.ustarName) : recs.length ? asciiCut(name) : name, FLAG[h.type], h.size > MAX_OCT11 ? 0 : h.size, recs.length ? asciiCut(linkname) : linkname, recs.length > 0);
   if (!recs.length) return plain;
   const data = Buffer.concat(recs);
   const paxName = asciiCut('PaxHeaders/' + name.replace(/\/$/, '').split('/').pop());

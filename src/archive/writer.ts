@@ -42,7 +42,7 @@ parentPort.on('message', (m) => {
           while (o < len) o += fs.writeSync(fd, s.ring, off + o, len - o);
           if (fl & 1) fs.fchownSync(fd, uid, gid);
           if (fl & 2) fs.fchmodSync(fd, mode);
-          fs.futimesSync(fd, at, mt);
+          fs.futimesSync(fd, at < 0 ? new Date(at * 1000) : at, mt < 0 ? new Date(mt * 1000) : mt);
         } finally {
           fs.closeSync(fd);
         }

@@ -12,22 +12,34 @@ interface LayerLine {
   state: string;
   bytes: number;
   total: number;
+  /** when the layer's bytes started to flow (ms), for MB/s */
+  t0: number;
 }
 
-/** Progress to stderr: redrawn per-layer lines and a total on a TTY, plain lines otherwise. */
-export function progressPrinter(quiet: boolean, tty = Boolean(process.stderr.isTTY)): { onEvent: (ev: PullEvent) => void; finish: () => void } {
+const rate = (l: LayerLine) => {
+  const s = (Date.now() - l.t0) / 1000;
+  return l.t0 && s > 0 && l.bytes > 0 ? `${(l.bytes / 1e6 / s).toFixed(1)} MB/s` : '';
+};
+
+/** Progress to stderr (pull and import): redrawn per-layer lines with a bar and MB/s and a total on a TTY, plain lines otherwise. */
+export function progressPrinter(quiet: boolean, tty = Boolean(process.stderr.isTTY), verb: 'pulling' | 'importing' = 'pulling'): { onEvent: (ev: PullEvent) => void; finish: () => void } {
   if (quiet) return { onEvent: () => undefined, finish: () => undefined };
   const out = process.stderr;
   const lines: LayerLine[] = [];
   let drawn = 0;
   let timer: NodeJS.Timeout | null = null;
   const size = (n: number) => (n >= 0 ? humanSize(n) : '?');
+  const bar = (l: LayerLine) => {
+    const f = l.total > 0 ? Math.min(1, l.bytes / l.total) : l.state === 'done' ? 1 : 0;
+    const n = Math.round(f * 20);
+    return `[${'='.repeat(n)}${' '.repeat(20 - n)}]`;
+  };
   const draw = () => {
     timer = null;
     const total = lines.reduce((a, l) => a + (l.state === 'exists' ? 0 : Math.max(0, l.total)), 0);
     const done = lines.reduce((a, l) => a + (l.state === 'exists' ? 0 : l.bytes), 0);
     const text = [
-      ...lines.map((l) => `${l.digest.slice(7, 19)}  ${l.state.padEnd(11)} ${l.state === 'exists' ? '' : `${size(l.bytes)} / ${size(l.total)}`}`),
+      ...lines.map((l) => `${l.digest.slice(7, 19)}  ${l.state.padEnd(11)} ${l.state === 'exists' ? '' : `${bar(l)} ${size(l.bytes)} / ${size(l.total)} ${rate(l)}`}`),
       `total       ${humanSize(done)} / ${humanSize(total)}`,
     ];
     let s = drawn ? `\x1b[${drawn}A` : '';
@@ -43,22 +55,24 @@ export function progressPrinter(quiet: boolean, tty = Boolean(process.stderr.isT
       if (ev.type === 'resolved') {
         if (!tty) {
           const missing = ev.layers.filter((l) => !l.exists);
-          out.write(`pulling ${ev.name} (${ev.manifestDigest}): ${ev.layers.length} layers, ${missing.length} to fetch (${humanSize(missing.reduce((a, l) => a + Math.max(0, l.size), 0))})\n`);
+          out.write(`${verb} ${ev.name}${ev.manifestDigest ? ` (${ev.manifestDigest})` : ''}: ${ev.layers.length} layers, ${missing.length} to ${verb === 'pulling' ? 'fetch' : 'read'} (${humanSize(missing.reduce((a, l) => a + Math.max(0, l.size), 0))})\n`);
         }
-        for (const l of ev.layers) lines.push({ digest: l.digest, state: 'waiting', bytes: 0, total: l.size });
+        for (const l of ev.layers) lines.push({ digest: l.digest, state: 'waiting', bytes: 0, total: l.size, t0: 0 });
         if (tty) draw();
         return;
       }
       const l = lines[ev.index];
       if (!l) return;
       const changed = l.state !== ev.state;
+      if (!l.t0 && (ev.state === 'downloading' || ev.state === 'applying')) l.t0 = Date.now();
       Object.assign(l, { state: ev.state, bytes: ev.bytes, total: ev.total });
       if (tty) return schedule();
       if (!changed) return;
       const tag = `layer ${ev.index + 1}/${lines.length} ${ev.digest}`;
       if (ev.state === 'exists') out.write(`${tag}: already in the store\n`);
       else if (ev.state === 'downloading') out.write(`${tag}: downloading ${size(ev.total)}\n`);
-      else if (ev.state === 'done') out.write(`${tag}: done (${size(ev.bytes)})\n`);
+      else if (ev.state === 'applying') out.write(`${tag}: applying ${size(ev.total)}\n`);
+      else if (ev.state === 'done') out.write(`${tag}: done (${size(ev.bytes)}${rate(l) ? `, ${rate(l)}` : ''})\n`);
       else if (ev.state === 'failed') out.write(`${tag}: failed after ${size(ev.bytes)}\n`);
     },
     finish() {
@@ -110,7 +124,7 @@ export const pullSubcommand: CommandModule<GlobalArgs, PullArgs> = {
   },
 };
 
-type ExportArgs = A<{ ref: string; out: string; gzip: boolean }>;
+type ExportArgs = A<{ ref: string; out: string; gzip: boolean; compression: 'keep' | 'none' | 'gzip' | 'zstd' }>;
 
 export const exportSubcommand: CommandModule<GlobalArgs, ExportArgs> = {
   command: 'export <ref> <out>',
@@ -119,9 +133,10 @@ export const exportSubcommand: CommandModule<GlobalArgs, ExportArgs> = {
     c
       .positional('ref', { type: 'string', demandOption: true })
       .positional('out', { type: 'string', demandOption: true })
-      .option('gzip', { type: 'boolean', default: false, describe: 'gzip the layer blobs' }) as unknown as Argv<ExportArgs>,
+      .option('gzip', { type: 'boolean', default: false, describe: 'gzip every layer blob (= --compression gzip)' })
+      .option('compression', { choices: ['keep', 'none', 'gzip', 'zstd'] as const, default: 'keep' as const, describe: 'layer blobs: as each layer came in (keep), or all the same' }) as unknown as Argv<ExportArgs>,
   handler: async (args) => {
-    const res = await callService(args, 'exportImage', [args.ref, path.resolve(args.out), { gzip: args.gzip }]);
+    const res = await callService(args, 'exportImage', [args.ref, path.resolve(args.out), { gzip: args.gzip, compression: args.compression }]);
     if (args.json) printJson(res);
     else process.stdout.write(res.manifestDigest + '\n');
   },

@@ -2,12 +2,13 @@ import { createReadStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
 import { applyLayer } from '../archive/index.js';
+import { absoluteImageInput } from '../image/source.js';
 import { Store } from '../store/index.js';
 import { type GlobalArgs, callService, pathOrRef, storeOptions } from './context.js';
 import { LayerfsError } from '../common/errors.js';
 import { describeKept, describeLease } from '../usage/index.js';
 import { humanSize, printJson, printTable, short } from './output.js';
-import { exportSubcommand, pullSubcommand } from './cmd-pull.js';
+import { exportSubcommand, progressPrinter, pullSubcommand } from './cmd-pull.js';
 import { layerMountCommands } from './cmd-mount.js';
 
 type A<T = object> = GlobalArgs & T;
@@ -17,14 +18,25 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   describe: 'import, pull, export, list, inspect and remove images',
   builder: (y: Argv<GlobalArgs>) =>
     y
-      .command<A<{ path: string; name?: string[] }>>(
+      .command<A<{ path: string; name?: string[]; quiet: boolean }>>(
         'import <path>',
-        'import an OCI layout dir, OCI archive or docker-save tar; prints the image id',
-        (c) => c.positional('path', { type: 'string', demandOption: true }).option('name', { type: 'string', array: true, describe: 'name(s) for the image' }),
+        'import an OCI layout dir, OCI archive or docker-save tar (PATH[:REF], oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:REF]); prints the image id',
+        (c) =>
+          c
+            .positional('path', { type: 'string', demandOption: true })
+            .option('name', { type: 'string', array: true, describe: 'name(s) for the image' })
+            .option('quiet', { alias: 'q', type: 'boolean', default: false, describe: 'no progress output' }),
         async (args) => {
-          const res = await callService(args, 'importImage', [pathOrRef(args.path), args.name ?? []]);
-          if (args.json) printJson({ ...res.image, extracted: res.extracted });
-          else process.stdout.write(res.image.id + '\n');
+          const progress = progressPrinter(args.quiet || args.json, Boolean(process.stderr.isTTY), 'importing');
+          try {
+            const res = await callService(args, 'importImage', [await absoluteImageInput(args.path), args.name ?? []], (ev) => progress.onEvent(ev as never));
+            progress.finish();
+            if (args.json) printJson({ ...res.image, extracted: res.extracted });
+            else process.stdout.write(res.image.id + '\n');
+          } catch (err) {
+            progress.finish();
+            throw err;
+          }
         },
       )
       .command<A>(

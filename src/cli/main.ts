@@ -17,6 +17,14 @@ export function formatError(err: unknown): string {
   return `layerfs: ${String(err)}`;
 }
 
+/** `--json`: the error as one JSON line on stderr: {error: {code, what, message}}. */
+export function errorJson(err: unknown): { error: { code: string; what?: string; message: string } } {
+  if (err instanceof LayerfsError) return { error: { code: err.code, what: err.what, message: err.message } };
+  const e = err as NodeJS.ErrnoException;
+  if (e instanceof Error) return { error: { code: typeof e.code === 'string' ? e.code : 'ERROR', message: e.message } };
+  return { error: { code: 'ERROR', message: String(err) } };
+}
+
 export async function main(argv: string[]): Promise<void> {
   const commands = [imageCommand, layerCommand, applyCommand, indexCommand, statusCommand, storeCommand, pruneCommand, hostCommand, mountCommand, umountCommand, commitCommand, mountInfoCommand, fuseCommand, daemonCommand, scanCommand, snapshotterCommand] as CommandModule<GlobalArgs, never>[];
   let y = globalOptions(yargs(argv).scriptName('layerfs'))
@@ -34,9 +42,11 @@ export async function main(argv: string[]): Promise<void> {
 
 const isEntry = process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href;
 if (isEntry || process.argv[1]?.endsWith('/layerfs')) {
-  main(hideBin(process.argv)).catch((err: unknown) => {
+  const argv = hideBin(process.argv);
+  main(argv).catch((err: unknown) => {
     logger().debug({ err }, 'command failed');
-    process.stderr.write(formatError(err) + '\n');
+    if (argv.includes('--json')) process.stderr.write(JSON.stringify(errorJson(err)) + '\n');
+    else process.stderr.write(formatError(err) + '\n');
     process.exitCode = 1;
   });
 }

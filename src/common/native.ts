@@ -4,8 +4,8 @@ import path from 'node:path';
 
 /** Syscalls Node lacks, from our small N-API addon (native/layerfs_native.c, built by scripts/build-native.sh). */
 export interface Native {
-  mknod(path: string, mode: number, major: number, minor: number): void;
-  lsetxattr(path: string, name: string, value: Buffer, flags: number): void;
+  mknod(path: string | Buffer, mode: number, major: number, minor: number): void;
+  lsetxattr(path: string | Buffer, name: string, value: Buffer, flags: number): void;
   /** Throws an error with code ENODATA when the attribute is absent. */
   lgetxattr(path: string, name: string): Buffer;
   llistxattr(path: string): string[];

@@ -2,7 +2,8 @@
  * `image export`: an image of the store as an OCI archive (oci-layout, index.json, blobs). Each
  * layer is re-created from its diff dir with exportDiff, so its bytes (and digests) differ from
  * the tar it was made from; the config's rootfs.diff_ids and the manifest are rewritten to match,
- * which also gives the exported image a new id (config digest) and new chainIDs.
+ * which also gives the exported image a new id (config digest) and new chainIDs. Each layer is
+ * compressed as it came in (gzip, zstd or none, from its record), unless a compression is asked for.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -10,7 +11,7 @@ import { mkdtemp, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import zlib from 'node:zlib';
+import { compressor } from '../archive/compress.js';
 import { pack } from 'tar-stream';
 import { exportDiff } from '../archive/index.js';
 import { LayerfsError } from '../common/errors.js';
@@ -18,8 +19,10 @@ import type { ImageRecord, Store } from '../store/index.js';
 import { sha256Digest } from './digest.js';
 
 export interface ExportOptions {
-  /** gzip the layer blobs (default: plain tars, whose blob digest is the diff id). */
+  /** gzip the layer blobs (same as compression 'gzip'). */
   gzip?: boolean;
+  /** 'keep' (default): each layer as it came in; or one compression for all ('none': plain tars, whose blob digest is the diff id). */
+  compression?: 'keep' | 'none' | 'gzip' | 'zstd';
   /** The name to record in index.json (default: the image's first name, if any). */
   name?: string;
 }
@@ -36,6 +39,7 @@ const MT = {
   config: 'application/vnd.oci.image.config.v1+json',
   tar: 'application/vnd.oci.image.layer.v1.tar',
   tgz: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  tzst: 'application/vnd.oci.image.layer.v1.tar+zstd',
 };
 
 function hashing(h: ReturnType<typeof createHash>, count: { n: number }): Transform {
@@ -62,17 +66,20 @@ export async function exportImage(store: Store, image: ImageRecord, out: string,
   const work = await mkdtemp(path.join(path.dirname(outAbs), '.layerfs-export-'));
   try {
     // 1. layers: exportDiff -> (gzip) -> temp file, hashing both sides
-    const layers: { digest: string; diffId: string; size: number; file: string }[] = [];
+    const layers: { digest: string; diffId: string; size: number; file: string; mediaType: string }[] = [];
+    const want = opts.gzip ? 'gzip' : (opts.compression ?? 'keep');
     for (let i = 0; i < image.layers.length; i++) {
       const id = image.layers[i]!;
+      const comp = want === 'keep' ? ((await store.readSharedLayer(id))?.compression ?? 'none') : want;
+      const packed = comp !== 'none';
       const file = path.join(work, `layer-${i}`);
       const diffHash = createHash('sha256');
       const blobHash = createHash('sha256');
       const diffCount = { n: 0 };
       const blobCount = { n: 0 };
       const stages: (Readable | Transform | NodeJS.WritableStream)[] = [exportDiff(store.diffDir(id)), hashing(diffHash, diffCount)];
-      if (opts.gzip) stages.push(zlib.createGzip({ level: 6, chunkSize: 256 << 10 }));
-      stages.push(opts.gzip ? hashing(blobHash, blobCount) : new Transform({ transform: (c, _e, cb) => cb(null, c) }));
+      if (packed) stages.push(compressor(comp, `layer ${id}`));
+      stages.push(packed ? hashing(blobHash, blobCount) : new Transform({ transform: (c, _e, cb) => cb(null, c) }));
       stages.push(createWriteStream(file));
       try {
         await (pipeline as (...s: unknown[]) => Promise<void>)(...stages);
@@ -80,10 +87,11 @@ export async function exportImage(store: Store, image: ImageRecord, out: string,
         throw new LayerfsError('EBADIMAGE', `layer ${id}`, `cannot export: ${(err as Error).message}`, { cause: err });
       }
       const diffId = 'sha256:' + diffHash.digest('hex');
+      const mediaType = comp === 'gzip' ? MT.tgz : comp === 'zstd' ? MT.tzst : MT.tar;
       layers.push(
-        opts.gzip
-          ? { digest: 'sha256:' + blobHash.digest('hex'), diffId, size: blobCount.n, file }
-          : { digest: diffId, diffId, size: diffCount.n, file },
+        packed
+          ? { digest: 'sha256:' + blobHash.digest('hex'), diffId, size: blobCount.n, file, mediaType }
+          : { digest: diffId, diffId, size: diffCount.n, file, mediaType },
       );
     }
 
@@ -108,7 +116,7 @@ export async function exportImage(store: Store, image: ImageRecord, out: string,
         schemaVersion: 2,
         mediaType: MT.manifest,
         config: { mediaType: MT.config, digest: configDigest, size: config.length },
-        layers: layers.map((l) => ({ mediaType: opts.gzip ? MT.tgz : MT.tar, digest: l.digest, size: l.size })),
+        layers: layers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
         ...(annotations ? { annotations } : {}),
       }),
     );

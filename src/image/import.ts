@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { applyLayer, type ApplyResult } from '../archive/index.js';
+import { applyLayerThreaded } from '../archive/apply-thread.js';
 import { LayerfsError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import type { Index } from '../index/index.js';
@@ -7,6 +8,12 @@ import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
 import { chainIds, hexOf, sha256Digest } from './digest.js';
 import { normalizeName } from './refs.js';
 import { configDiffIds, openImageSource } from './source.js';
+import { Semaphore, type PullEvent } from './registry/pull.js';
+
+/** Layers of one image applied at once by an import (env LAYERFS_IMPORT_PARALLEL; 1 = one after the other). */
+const IMPORT_PARALLEL = Math.max(1, Number(process.env.LAYERFS_IMPORT_PARALLEL) || 3);
+/** Apply on worker threads when several layers are applied at once (env LAYERFS_APPLY_THREADS=0: on the main thread). */
+const THREADS = process.env.LAYERFS_APPLY_THREADS !== '0';
 
 export interface AddLayerInput {
   parent: string | null;
@@ -14,6 +21,9 @@ export interface AddLayerInput {
   /** Known diff id (from the image config): lets an existing layer be reused without reading the tar. */
   diffDigest?: string;
   compressedDigest?: string;
+  /** What errors name the layer by (default: its digest). */
+  label?: string;
+  onBytes?: (n: number) => void;
 }
 
 /**
@@ -38,6 +48,8 @@ export async function addROLayer(store: Store, index: Index, input: AddLayerInpu
     const res = await applyLayer(input.open(), `${tmp}/diff`, {
       ...(input.diffDigest ? { expectDiffDigest: input.diffDigest } : {}),
       ...(input.compressedDigest ? { expectCompressedDigest: input.compressedDigest } : {}),
+      label: input.label ?? `layer ${input.compressedDigest ?? input.diffDigest ?? '(tar)'}`,
+      ...(input.onBytes ? { onBytes: input.onBytes } : {}),
     });
     return await publishApplied(store, index, tmp, hexOf(chainOf(res.diffDigest)), parentRec ? parentRec.id : null, res);
   } catch (err) {
@@ -65,6 +77,7 @@ export async function publishApplied(
     compressedDigest: res.compressedDigest,
     size: res.size,
     compressedSize: res.compressedSize,
+    ...(res.compression !== 'none' ? { compression: res.compression } : {}),
     rw: false,
     created: new Date().toISOString(),
   };
@@ -74,6 +87,11 @@ export async function publishApplied(
   return { layer: stored, created };
 }
 
+/** The OCI media type of a layer blob compressed with c. */
+export function layerMediaType(c: LayerRecord['compression']): string {
+  return c === 'gzip' ? 'application/vnd.oci.image.layer.v1.tar+gzip' : c === 'zstd' ? 'application/vnd.oci.image.layer.v1.tar+zstd' : 'application/vnd.oci.image.layer.v1.tar';
+}
+
 export interface ImportResult {
   image: ImageRecord;
   /** Per layer: whether it was extracted now (false: already in the store). */
@@ -81,7 +99,9 @@ export interface ImportResult {
 }
 
 /** Import an OCI layout dir, OCI archive or docker-save archive into the shared store. */
-export async function importImage(store: Store, index: Index, input: string, names: string[]): Promise<ImportResult> {
+export async function importImage(store: Store, index: Index, input: string, names: string[], onProgress?: (ev: PullEvent) => void): Promise<ImportResult> {
+  const emit = onProgress ?? (() => undefined);
+  for (const n of names) normalizeName(n); // a bad --name fails before any work
   return store.withWriteLock(`image import ${input}`, async () => {
     const src = await openImageSource(input, store.sharedPath('overlay'));
     try {
@@ -89,22 +109,83 @@ export async function importImage(store: Store, index: Index, input: string, nam
       if (diffIds.length !== src.layers.length) {
         throw new LayerfsError('EBADIMAGE', input, `config lists ${diffIds.length} diff ids but the manifest has ${src.layers.length} layers`);
       }
-      const layers: LayerRecord[] = [];
-      const extracted: boolean[] = [];
-      let parent: string | null = null;
-      for (let i = 0; i < src.layers.length; i++) {
-        const l = src.layers[i]!;
-        const { layer, created } = await addROLayer(store, index, {
-          parent,
-          open: l.open,
-          diffDigest: diffIds[i]!,
-          ...(l.digest ? { compressedDigest: l.digest } : {}),
-        });
-        logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
-        layers.push(layer);
-        extracted.push(created);
-        parent = layer.id;
+      // Layers are applied in parallel, each into its own staging dir (IMPORT_PARALLEL at once), and
+      // published bottom-up as before: a layer's parent is always published first.
+      const n = src.layers.length;
+      const chain = chainIds(diffIds).map(hexOf);
+      const records: (LayerRecord | null)[] = new Array<LayerRecord | null>(n).fill(null);
+      const extracted: boolean[] = new Array<boolean>(n).fill(false);
+      const label = (i: number) => src.layers[i]!.digest ?? diffIds[i]!;
+      for (let i = 0; i < n; i++) {
+        const existing = await store.readSharedLayer(chain[i]!);
+        if (existing && (await store.roLayerComplete(chain[i]!))) {
+          await store.linkLocal(chain[i]!, 'layer');
+          await index.putLayer(existing);
+          records[i] = existing;
+        }
       }
+      emit({ type: 'resolved', name: input, manifestDigest: src.manifest ? sha256Digest(src.manifest) : '', layers: src.layers.map((l, i) => ({ digest: label(i), size: l.size ?? -1, exists: records[i] !== null })) });
+      records.forEach((r, i) => r && emit({ type: 'layer', index: i, digest: label(i), state: 'exists', bytes: 0, total: src.layers[i]!.size ?? -1 }));
+      const toApply = records.filter((r) => r === null).length;
+      const sem = new Semaphore(IMPORT_PARALLEL);
+      let firstErr: unknown = null;
+      const task = async (i: number, prev: Promise<void>): Promise<void> => {
+        const l = src.layers[i]!;
+        const total = l.size ?? -1;
+        let bytes = 0;
+        let shown = 0;
+        let tmp: string | null = null;
+        try {
+          let res: ApplyResult;
+          await sem.acquire();
+          try {
+            if (firstErr !== null) throw firstErr;
+            tmp = await store.stageLayer();
+            emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: 0, total });
+            // several layers to apply: each on its own thread, so their tar parsing runs on several cores
+            res = await (toApply > 1 && THREADS ? applyLayerThreaded : applyLayer)(l.open(), `${tmp}/diff`, {
+              expectDiffDigest: diffIds[i]!,
+              ...(l.digest ? { expectCompressedDigest: l.digest } : {}),
+              label: `layer ${label(i)}`,
+              onBytes: (b) => {
+                bytes = b;
+                if (b - shown >= 256 << 10) {
+                  shown = b;
+                  emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: b, total });
+                }
+              },
+            });
+          } finally {
+            sem.release();
+          }
+          await prev; // publish bottom-up: the parent first
+          if (firstErr !== null) throw firstErr;
+          const { layer, created } = await publishApplied(store, index, tmp!, chain[i]!, i ? chain[i - 1]! : null, res);
+          tmp = null;
+          records[i] = layer;
+          extracted[i] = created;
+          emit({ type: 'layer', index: i, digest: label(i), state: created ? 'done' : 'exists', bytes, total: total >= 0 ? total : bytes });
+          logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
+        } catch (err) {
+          if (firstErr === null) {
+            firstErr = err;
+            emit({ type: 'layer', index: i, digest: label(i), state: 'failed', bytes, total });
+          }
+          throw err;
+        } finally {
+          if (tmp) await store.discardStaged(tmp).catch(() => undefined);
+        }
+      };
+      const published: Promise<void>[] = [];
+      for (let i = 0; i < n; i++) {
+        const prev = i > 0 ? published[i - 1]! : Promise.resolve();
+        const p = records[i] ? prev : task(i, prev);
+        p.catch(() => undefined); // handled: awaited below and by the next layer
+        published.push(p);
+      }
+      await Promise.allSettled(published);
+      if (firstErr !== null) throw firstErr;
+      const layers = records as LayerRecord[];
       // docker-save has no manifest: synthesize the OCI one the layers would have had
       const manifest =
         src.manifest ??
@@ -113,7 +194,7 @@ export async function importImage(store: Store, index: Index, input: string, nam
             schemaVersion: 2,
             mediaType: 'application/vnd.oci.image.manifest.v1+json',
             config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: src.configDigest, size: src.config.length },
-            layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.compressedDigest, size: l.compressedSize ?? 0 })),
+            layers: layers.map((l) => ({ mediaType: layerMediaType(l.compression), digest: l.compressedDigest, size: l.compressedSize ?? 0 })),
           }),
         );
       const image = await publishImageOf(store, index, { config: src.config, configDigest: src.configDigest, manifest, layers, names: names.length ? names : src.names });

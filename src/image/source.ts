@@ -115,11 +115,45 @@ function refNames(d: Descriptor): string[] {
   return out;
 }
 
+/** Whether descriptor d of an OCI index is the image `ref` names: its ref.name annotation (a tag or a full name), its containerd name, or its digest. */
+function refMatches(d: Descriptor, ref: string): boolean {
+  const a = d.annotations ?? {};
+  const rn = a['org.opencontainers.image.ref.name'];
+  const cn = a['io.containerd.image.name'];
+  return ref === rn || ref === cn || ref === d.digest || (cn !== undefined && cn.endsWith(':' + ref) && !ref.includes('/'));
+}
+
+/** How an index entry is shown when we list the images of a layout. */
+function refLabel(d: Descriptor): string | null {
+  const a = d.annotations ?? {};
+  return a['org.opencontainers.image.ref.name'] ?? a['io.containerd.image.name'] ?? null;
+}
+
+/**
+ * The entries of a layout's index.json that make up the image asked for: those `ref` names, or,
+ * without a ref, all of them when they are one image (one name, or none: platform variants);
+ * several named images without a ref is an error that lists them.
+ */
+function selectImage(manifests: Descriptor[], ref: string | null, where: string): Descriptor[] {
+  const labels = [...new Set(manifests.map(refLabel).filter((x): x is string => x !== null))];
+  if (ref !== null) {
+    const hit = manifests.filter((d) => refMatches(d, ref));
+    if (hit.length === 0) {
+      throw new LayerfsError('EBADIMAGE', where, `no image named ${JSON.stringify(ref)} (it has: ${labels.length ? labels.join(', ') : manifests.map((d) => d.digest).join(', ') || 'none'})`);
+    }
+    return hit;
+  }
+  if (labels.length > 1) {
+    throw new LayerfsError('EBADIMAGE', where, `holds ${labels.length} images (${labels.join(', ')}): name one, as ${where}:REF`);
+  }
+  return manifests;
+}
+
 /** Walk an OCI index (possibly nested) down to the host platform's image manifest. */
-async function resolveOci(r: BlobReader, format: ImageSource['format'], close: () => Promise<void>): Promise<ImageSource> {
+async function resolveOci(r: BlobReader, format: ImageSource['format'], close: () => Promise<void>, ref: string | null, where: string): Promise<ImageSource> {
   if (!(await r.has('oci-layout'))) throw new LayerfsError('EBADIMAGE', format, 'no oci-layout file');
   const index = parseJson<{ manifests?: Descriptor[] }>(await r.read('index.json'), 'index.json');
-  let candidates = index.manifests ?? [];
+  let candidates = selectImage(index.manifests ?? [], ref, where);
   let names: string[] = [];
   for (let depth = 0; depth < 4; depth++) {
     const d = choosePlatform(candidates, format);
@@ -210,10 +244,18 @@ interface DockerManifestEntry {
   Layers: string[];
 }
 
-async function resolveDocker(r: BlobReader, close: () => Promise<void>): Promise<ImageSource> {
+async function resolveDocker(r: BlobReader, close: () => Promise<void>, ref: string | null, where: string): Promise<ImageSource> {
   const entries = parseJson<DockerManifestEntry[]>(await r.read('manifest.json'), 'manifest.json');
   if (!Array.isArray(entries) || entries.length === 0) throw new LayerfsError('EBADIMAGE', 'manifest.json', 'lists no image');
-  const e = entries[0]!;
+  const label = (x: DockerManifestEntry, i: number) => (x.RepoTags?.length ? x.RepoTags.join(' ') : `#${i} (${x.Config})`);
+  let e = entries[0]!;
+  if (ref !== null) {
+    const hit = entries.find((x) => (x.RepoTags ?? []).some((t) => t === ref || t.endsWith(':' + ref) || t === `${ref}:latest` || t === `docker.io/library/${ref}` || t === `docker.io/${ref}`));
+    if (!hit) throw new LayerfsError('EBADIMAGE', where, `no image named ${JSON.stringify(ref)} (it has: ${entries.map(label).join(', ')})`);
+    e = hit;
+  } else if (entries.length > 1) {
+    throw new LayerfsError('EBADIMAGE', where, `holds ${entries.length} images (${entries.map(label).join(', ')}): name one, as ${where}:REF`);
+  }
   if (typeof e.Config !== 'string' || !Array.isArray(e.Layers)) throw new LayerfsError('EBADIMAGE', 'manifest.json', 'entry lacks Config or Layers');
   if (!(await r.has(e.Config))) throw new LayerfsError('EBADIMAGE', 'manifest.json', `config ${e.Config} is not in the archive`);
   const config = await r.read(e.Config);
@@ -224,34 +266,80 @@ async function resolveDocker(r: BlobReader, close: () => Promise<void>): Promise
     mediaType: 'application/vnd.docker.image.rootfs.diff.tar',
     open: () => r.open(l),
   }));
-  return { format: 'docker-archive', manifest: null, config, configDigest: sha256Digest(config), layers, names: e.RepoTags ?? [], close };
+  const names = ref !== null ? (e.RepoTags ?? []).filter((t) => t === ref || t.endsWith(':' + ref)).slice(0, 1) : (e.RepoTags ?? []);
+  return { format: 'docker-archive', manifest: null, config, configDigest: sha256Digest(config), layers, names, close };
+}
+
+export interface ImageInput {
+  /** A transport named as skopeo names it, when given. */
+  transport: 'oci' | 'oci-archive' | 'docker-archive' | null;
+  path: string;
+  /** The image inside (an OCI ref name / tag, a containerd name, a manifest digest, a docker RepoTag). */
+  ref: string | null;
+}
+
+/**
+ * `PATH`, `PATH:REF`, or skopeo's `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`, `docker-archive:FILE[:REF]`.
+ * A PATH that exists as given wins over reading its last `:` part as a ref.
+ */
+export async function parseImageInput(input: string): Promise<ImageInput> {
+  const m = /^(oci|oci-archive|docker-archive):(.*)$/.exec(input);
+  if (m) {
+    const rest = m[2]!;
+    const c = rest.indexOf(':'); // as skopeo: the path cannot hold a ':'
+    const p = c >= 0 ? rest.slice(0, c) : rest;
+    const ref = c >= 0 ? rest.slice(c + 1) : null;
+    if (p === '') throw new LayerfsError('EUSAGE', `image source ${JSON.stringify(input)}`, 'names no path');
+    if (ref === '') throw new LayerfsError('EUSAGE', `image source ${JSON.stringify(input)}`, 'empty reference after the path');
+    return { transport: m[1] as ImageInput['transport'], path: p, ref };
+  }
+  const exists = (p: string) => stat(p).then(() => true, () => false);
+  if (await exists(input)) return { transport: null, path: input, ref: null };
+  const c = input.lastIndexOf(':');
+  if (c > 0 && !input.slice(c + 1).includes('/') && (await exists(input.slice(0, c)))) {
+    const ref = input.slice(c + 1);
+    if (ref === '') throw new LayerfsError('EUSAGE', `image source ${JSON.stringify(input)}`, 'empty reference after the path');
+    return { transport: null, path: input.slice(0, c), ref };
+  }
+  return { transport: null, path: input, ref: null };
+}
+
+/** The same image input with its path made absolute (the daemon that opens it does not share the caller's cwd). */
+export async function absoluteImageInput(input: string): Promise<string> {
+  const { transport, path: p, ref } = await parseImageInput(input);
+  return `${transport ? `${transport}:` : ''}${path.resolve(p)}${ref !== null ? `:${ref}` : ''}`;
 }
 
 /**
  * Open an image source: a directory holding an OCI layout, or a tar file holding an OCI layout
- * (OCI archive) or a `docker save` image (manifest.json). `scratch` is a dir for unpacking archives.
+ * (OCI archive) or a `docker save` image (manifest.json), optionally with a ref naming one image
+ * inside (see parseImageInput). `scratch` is a dir for unpacking archives.
  */
 export async function openImageSource(input: string, scratch: string): Promise<ImageSource> {
+  const { transport, path: file, ref } = await parseImageInput(input);
+  const where = file;
   let st;
   try {
-    st = await stat(input);
+    st = await stat(file);
   } catch (err) {
-    throw new LayerfsError('EBADIMAGE', input, isErrno(err, 'ENOENT') ? 'no such file or directory' : (err as Error).message);
+    throw new LayerfsError('EBADIMAGE', file, isErrno(err, 'ENOENT') ? 'no such file or directory' : (err as Error).message);
   }
   if (st.isDirectory()) {
-    const r = dirReader(input);
-    if (await r.has('oci-layout')) return resolveOci(r, 'oci-layout', async () => undefined);
-    if (await r.has('manifest.json')) return resolveDocker(r, async () => undefined);
-    throw new LayerfsError('EBADIMAGE', input, 'directory is neither an OCI layout (no oci-layout file) nor an unpacked docker save (no manifest.json)');
+    if (transport === 'oci-archive' || transport === 'docker-archive') throw new LayerfsError('EBADIMAGE', file, `is a directory, not a ${transport} file`);
+    const r = dirReader(file);
+    if (await r.has('oci-layout')) return resolveOci(r, 'oci-layout', async () => undefined, ref, where);
+    if (await r.has('manifest.json')) return resolveDocker(r, async () => undefined, ref, where);
+    throw new LayerfsError('EBADIMAGE', file, 'directory is neither an OCI layout (no oci-layout file) nor an unpacked docker save (no manifest.json)');
   }
+  if (transport === 'oci') throw new LayerfsError('EBADIMAGE', file, 'oci: names a layout directory, and this is a file (oci-archive:?)');
   const dir = path.join(scratch, `.tmp-import-${randomBytes(6).toString('hex')}`);
   await mkdir(dir, { recursive: true });
   const close = () => rm(dir, { recursive: true, force: true });
   try {
-    const r = await unpackArchive(input, dir);
-    if (await r.has('oci-layout')) return await resolveOci(r, 'oci-archive', close);
-    if (await r.has('manifest.json')) return await resolveDocker(r, close);
-    throw new LayerfsError('EBADIMAGE', input, 'archive holds neither an OCI layout (oci-layout) nor a docker save (manifest.json)');
+    const r = await unpackArchive(file, dir);
+    if (await r.has('oci-layout')) return await resolveOci(r, 'oci-archive', close, ref, where);
+    if (await r.has('manifest.json')) return await resolveDocker(r, close, ref, where);
+    throw new LayerfsError('EBADIMAGE', file, 'archive holds neither an OCI layout (oci-layout) nor a docker save (manifest.json)');
   } catch (err) {
     await close();
     throw err;

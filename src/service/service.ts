@@ -10,7 +10,7 @@ import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } f
 import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
 import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
 import { checkStoreBeforeFirstBuild, rebuildIndex, scanOnce, type ScanOptions, type ScanResult, type StoreSnapshot } from '../scanner/index.js';
-import type { ExportResult } from '../image/export.js';
+import type { ExportOptions, ExportResult } from '../image/export.js';
 import type { PullOptions, PullResult } from '../image/registry/pull.js';
 
 export type ServiceOptions = StoreOptions;
@@ -55,8 +55,8 @@ export class Service {
   }
 
   // ---- images
-  async importImage(input: string, names: string[] = []): Promise<ImportResult> {
-    return importImage(this.store, this.index, input, names);
+  async importImage(input: string, names: string[] = [], onProgress?: Parameters<typeof importImage>[4]): Promise<ImportResult> {
+    return importImage(this.store, this.index, input, names, onProgress);
   }
 
   async listImages(): Promise<ImageRecord[]> {
@@ -364,7 +364,7 @@ export class Service {
   }
 
   /** `image export REF OUT` (OUT absolute: the caller's cwd is not ours when the daemon answers). */
-  async exportImage(ref: string, out: string, opts: { gzip?: boolean } = {}): Promise<ExportResult> {
+  async exportImage(ref: string, out: string, opts: Pick<ExportOptions, 'gzip' | 'compression'> = {}): Promise<ExportResult> {
     const image = await this.resolveImage(ref);
     let name: string | undefined;
     try {
@@ -374,7 +374,7 @@ export class Service {
       name = undefined;
     }
     const { exportImage } = await import('../image/export.js');
-    return exportImage(this.store, image, out, { gzip: opts.gzip ?? false, ...(name ? { name } : {}) });
+    return exportImage(this.store, image, out, { ...opts, ...(name ? { name } : {}) });
   }
 
   /** `layerfs scan`: one scan of the shared store now. */

@@ -12,6 +12,8 @@ export interface LayerRecord {
   size: number;
   /** Bytes of the tar as imported (compressed or not). */
   compressedSize?: number;
+  /** RO layers: how the tar was compressed when it came in (image export writes it back the same way; absent: none). */
+  compression?: 'none' | 'gzip' | 'zstd';
   rw: boolean;
   /** ISO timestamp. */
   created: string;

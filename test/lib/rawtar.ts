@@ -47,6 +47,15 @@ export function rawHeader(h: RawHeader): Buffer {
   return b;
 }
 
+/** Recompute the checksum of a header block changed after rawHeader(). */
+export function fixChecksum(b: Buffer): Buffer {
+  b.fill(0x20, 148, 156);
+  let sum = 0;
+  for (const x of b) sum += x;
+  b.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8, 'latin1');
+  return b;
+}
+
 export function pad(n: number): Buffer {
   return Buffer.alloc((512 - (n % 512)) % 512);
 }

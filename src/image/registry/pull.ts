@@ -49,7 +49,7 @@ export interface PullLayerInfo {
 
 export type PullEvent =
   | { type: 'resolved'; name: string; manifestDigest: string; layers: PullLayerInfo[] }
-  | { type: 'layer'; index: number; digest: string; state: 'exists' | 'downloading' | 'done' | 'failed'; bytes: number; total: number };
+  | { type: 'layer'; index: number; digest: string; state: 'exists' | 'downloading' | 'applying' | 'done' | 'failed'; bytes: number; total: number };
 
 export interface PullResult {
   image: ImageRecord;
@@ -67,7 +67,8 @@ interface Manifest {
   manifests?: Descriptor[];
 }
 
-class Semaphore {
+/** At most n holders at once (FIFO). */
+export class Semaphore {
   private waiters: (() => void)[] = [];
   constructor(private free: number) {}
   async acquire(): Promise<void> {
@@ -128,7 +129,7 @@ export async function pullImage(store: Store, index: Index, refStr: string, opts
       throw new LayerfsError('EBADIMAGE', ref.name, `config lists ${diffIds.length} diff ids but the manifest has ${descs.length} layers`);
     }
     for (const d of descs) {
-      if (/zstd/.test(d.mediaType)) throw new LayerfsError('EBADIMAGE', `layer ${d.digest}`, `media type ${d.mediaType} is not supported (gzip or plain tar only)`);
+      if (/encrypted/.test(d.mediaType)) throw new LayerfsError('EBADIMAGE', `layer ${d.digest}`, `media type ${d.mediaType} is not supported (encrypted layers)`);
     }
     const chain = chainIds(diffIds).map(hexOf);
 

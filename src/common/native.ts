@@ -40,6 +40,12 @@ export interface Native {
   backingOpen(devFd: number, fd: number): number;
   /** FUSE_DEV_IOC_BACKING_CLOSE: the id is no longer valid for new opens (opens using it keep the file). */
   backingClose(devFd: number, id: number): void;
+  /** Mark every fd >= lo close-on-exec (before spawning a long-lived child: it inherits none of this process's
+   *  files, LevelDB's included). Returns -1 (close_range did it) or the number of fds looked at. */
+  cloexecFrom(lo: number): number;
+  /** Close every fd >= lo but `keep` that is not close-on-exec: what a fresh process inherited by accident
+   *  (Node's own fds are close-on-exec). Returns how many were closed. */
+  closeInherited(lo: number, keep: number): number;
 }
 
 export const RENAME_NOREPLACE = 1;

@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { LayerfsError } from '../common/errors.js';
+import { native } from '../common/native.js';
 import { SERVER_POOL_SIZE } from './transport/direct/threadpool.js';
 
 /** The compiled server entry beside this module (dist/src/fuse/server-main.js). */
@@ -31,6 +32,9 @@ export async function spawnServer(args: string[], opts: { timeoutMs?: number } =
   let child;
   try {
     // LAYERFS_FUSE_NODE_ARGS: extra node flags for the server process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
+    // the server outlives this process: it must hold none of our files (the index's LevelDB files above all: Node's
+    // own fds are close-on-exec, LevelDB's are not). The stdio mapping below dups what the child gets anyway.
+    native.cloexecFrom(3);
     const nodeArgs = [...SERVER_NODE_ARGS, ...(process.env.LAYERFS_FUSE_NODE_ARGS ?? '').split(/\s+/).filter(Boolean)];
     child = spawn(process.execPath, [...nodeArgs, SERVER_MAIN, '-f', '--ready-fd', '3', ...args], {
       detached: true,

@@ -27,9 +27,9 @@ export function daemonLockFile(store: Store): string {
 }
 
 /** Open the index (waiting for another process to let go of it), rebuilding it if it is new. */
-export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T>): Promise<T> {
+export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T>, purpose?: string): Promise<T> {
   await checkStoreBeforeFirstBuild(store);
-  const index = await Index.open(store.indexDir);
+  const index = await Index.open(store.indexDir, { holderFile: store.indexHolderFile, onWait: (w) => store.noticeLockWait(w), ...(purpose ? { purpose } : {}) });
   try {
     if (index.created) await rebuildIndex(store, index);
     return await fn(index);
@@ -39,8 +39,8 @@ export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T
 }
 
 /** Run one scan with the index opened for its length. */
-export async function scanStore(store: Store, opts: { full?: boolean } = {}): Promise<ScanResult> {
-  return withIndex(store, (index) => scanOnce(store, index, opts));
+export async function scanStore(store: Store, opts: { full?: boolean; purpose?: string } = {}): Promise<ScanResult> {
+  return withIndex(store, (index) => scanOnce(store, index, opts), opts.purpose);
 }
 
 export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void> {
@@ -65,7 +65,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
   process.on('SIGINT', onInt);
   try {
     // index upkeep: we are the only daemon on this root; temp dirs left in the root by a crash go now
-    await withIndex(store, async () => store.removeStaleTemps(store.root));
+    await withIndex(store, async () => store.removeStaleTemps(store.root), 'layerfs daemon: start-up');
     const refresh = store.role === 'reader';
     log.info({ root: store.root, shared: store.shared, role: store.role, interval: opts.interval, refresh }, refresh ? 'daemon started' : 'daemon started (writer: refresh off)');
     let scans = 0;
@@ -73,7 +73,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
       if (refresh) {
         try {
           log.debug('scan start');
-          const r = await scanStore(store);
+          const r = await scanStore(store, { purpose: 'layerfs daemon: scan' });
           scans++;
           const summary = { added: r.added, removed: r.removed, updated: r.updated.images, missing: r.missing, waiting: r.waiting, io: r.io };
           if (scanChanged(r)) log.info(summary, 'scan: store changed');
@@ -89,7 +89,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
           const life = new Lifetime(store, index);
           await life.leases.renew();
           await life.collectMarked(); // logs what it removed and kept
-        });
+        }, 'layerfs daemon: lease renewal, removal pass');
       } catch (err) {
         log.error({ err }, 'lease renewal or removal pass failed');
       }

@@ -32,7 +32,7 @@ export class Service {
   static async open(opts: ServiceOptions): Promise<Service> {
     const store = await Store.open(opts);
     await checkStoreBeforeFirstBuild(store);
-    const index = await Index.open(store.indexDir);
+    const index = await Index.open(store.indexDir, { holderFile: store.indexHolderFile, onWait: (w) => store.noticeLockWait(w) });
     const svc = new Service(store, index);
     try {
       // we hold the root's index, so no other local process is mid-write in the root

@@ -319,6 +319,14 @@ export class Store {
   get indexDir(): string {
     return path.join(this.root, 'index');
   }
+  /** `<root>/index.holder`: who holds the index now (`{pid, host, since, command}`), for a process waiting for it. */
+  get indexHolderFile(): string {
+    return path.join(this.root, 'index.holder');
+  }
+  /** Tell of a wait for a lock (the writer lock, the index) as this process was told to: stderr for a CLI command, the log otherwise. */
+  noticeLockWait(w: LockWait): void {
+    this.onLockWait(w);
+  }
   /** A layer's dir as every consumer sees it: `<root>/overlay/<id>` (a symlink for RO layers). */
   layerDir(id: string): string {
     return path.join(this.root, 'overlay', id);

@@ -2,6 +2,7 @@ import { Level } from 'level';
 import { access, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { LayerfsError } from '../common/errors.js';
+import { INDEX_BATCH, chunks } from '../common/limit.js';
 import { processAlive } from '../common/proc.js';
 import { type ImageRecord, type LayerRecord, type LockHolder, type LockWait, describeHolder } from '../store/index.js';
 
@@ -72,6 +73,8 @@ const INDEX_VERSION_KEY = 'index.v';
 const INDEX_VERSION = 2;
 
 type Sub = ReturnType<Level<string, unknown>['sublevel']>;
+type SubName = 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'child' | 'ref';
+type BatchOp = { type: 'put'; sub: SubName; key: string; value: unknown } | { type: 'del'; sub: SubName; key: string };
 
 /**
  * The LevelDB index under `<root>/index`: a cache of the disk so listings and lookups never walk
@@ -145,8 +148,8 @@ export class Index {
   private async upgrade(): Promise<void> {
     if ((await this.getMeta<number>(INDEX_VERSION_KEY)) === INDEX_VERSION) return;
     for (const s of ['rw', 'child', 'ref'] as const) await this.sub(s).clear();
-    for (const l of await this.listLayers()) await this.putLayer(l);
-    for (const i of await this.listImages()) if (i.layers.length) await this.sub('ref').batch(i.layers.map((l) => ({ type: 'put', key: `${l}/${i.id}`, value: 1 })) as never);
+    await this.putLayers(await this.listLayers());
+    await this.batch((await this.listImages()).flatMap((i) => i.layers.map((l): BatchOp => ({ type: 'put', sub: 'ref', key: `${l}/${i.id}`, value: 1 }))));
     await this.putMeta(INDEX_VERSION_KEY, INDEX_VERSION);
   }
 
@@ -161,15 +164,65 @@ export class Index {
    * costs O(its users), not a walk of every record: `rw` (RW layer ids), `child` (`<parent>/<child>`), `ref`
    * (`<layer>/<image>`). An index made before them gets them built once at open (`meta` key `index.v`).
    */
-  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'child' | 'ref'): Sub {
-    return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
+  private sub(name: SubName): Sub {
+    let s = this.subs.get(name);
+    if (!s) this.subs.set(name, (s = this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub));
+    return s;
+  }
+  private readonly subs = new Map<SubName, Sub>();
+
+  /** One LevelDB batch of operations across sublevels, `INDEX_BATCH` at a time (a write each, not one per key). */
+  private async batch(ops: BatchOp[]): Promise<void> {
+    for (const part of chunks(ops, INDEX_BATCH)) {
+      await this.db.batch(part.map((o) => (o.type === 'put' ? { type: 'put', sublevel: this.sub(o.sub), key: o.key, value: o.value } : { type: 'del', sublevel: this.sub(o.sub), key: o.key })) as never);
+    }
+  }
+
+  private layerOps(rec: IndexedLayer): BatchOp[] {
+    const ops: BatchOp[] = [{ type: 'put', sub: 'layer', key: rec.id, value: rec }];
+    if (rec.rw) ops.push({ type: 'put', sub: 'rw', key: rec.id, value: 1 });
+    if (rec.parent) ops.push({ type: 'put', sub: 'child', key: `${rec.parent}/${rec.id}`, value: 1 });
+    return ops;
+  }
+
+  /** putLayer of many records, in batched writes (a scan or index build of thousands of layers). */
+  async putLayers(recs: readonly IndexedLayer[]): Promise<void> {
+    await this.batch(recs.flatMap((r) => this.layerOps(r)));
+  }
+
+  /**
+   * putImage of many records, in batched writes; the same result as putImage of each in turn (names moved between
+   * records of one call included: a later record's claim wins, and a dropped name goes only if it still points here).
+   */
+  async putImages(recs: readonly ImageRecord[]): Promise<void> {
+    if (!recs.length) return;
+    const olds = (await this.sub('image').getMany(recs.map((r) => r.id))) as (ImageRecord | undefined)[];
+    const pending = new Map<string, string | null>(); // name -> image id (null: deleted) by earlier records of this call
+    const ops: BatchOp[] = [];
+    for (const [i, rec] of recs.entries()) {
+      const old = olds[i];
+      for (const n of old?.names ?? []) {
+        if (rec.names.includes(n)) continue;
+        const cur = pending.has(n) ? pending.get(n) : await this.sub('name').get(n);
+        if (cur === rec.id) {
+          ops.push({ type: 'del', sub: 'name', key: n });
+          pending.set(n, null);
+        }
+      }
+      for (const n of rec.names) {
+        ops.push({ type: 'put', sub: 'name', key: n, value: rec.id });
+        pending.set(n, rec.id);
+      }
+      ops.push({ type: 'put', sub: 'image', key: rec.id, value: rec });
+      for (const l of old?.layers ?? []) if (!rec.layers.includes(l)) ops.push({ type: 'del', sub: 'ref', key: `${l}/${rec.id}` });
+      for (const l of rec.layers) ops.push({ type: 'put', sub: 'ref', key: `${l}/${rec.id}`, value: 1 });
+    }
+    await this.batch(ops);
   }
 
   // ---- layers
   async putLayer(rec: IndexedLayer): Promise<void> {
-    await this.sub('layer').put(rec.id, rec);
-    if (rec.rw) await this.sub('rw').put(rec.id, 1);
-    if (rec.parent) await this.sub('child').put(`${rec.parent}/${rec.id}`, 1);
+    await this.batch(this.layerOps(rec));
   }
   async getLayer(id: string): Promise<IndexedLayer | undefined> {
     return (await this.sub('layer').get(id)) as IndexedLayer | undefined;

@@ -37,7 +37,7 @@ export class Service {
     try {
       // we hold the root's index, so no other local process is mid-write in the root
       await store.removeStaleTemps(store.root);
-      if (index.created) await rebuildIndex(store, index);
+      if (index.created) svc.built = await rebuildIndex(store, index);
     } catch (err) {
       await index.close();
       throw err;
@@ -49,7 +49,12 @@ export class Service {
     await this.index.close();
   }
 
+  /** The rebuild that made a new index at open, if this open made one. */
+  private built?: StoreSnapshot & { recoveredMounts: MountRecord[] };
+
   async rebuildIndex(): Promise<StoreSnapshot & { recoveredMounts: MountRecord[] }> {
+    // a new index was just built from the disk by open: a second full read would find the same
+    if (this.built) return this.built;
     return rebuildIndex(this.store, this.index);
   }
 

@@ -1,6 +1,4 @@
 import type { Argv, CommandModule } from 'yargs';
-import { runDaemon } from '../scanner/daemon.js';
-import { scanStore } from '../scanner/daemon.js';
 import { Store } from '../store/index.js';
 import { type GlobalArgs, storeOptions } from './context.js';
 import { printJson, short } from './output.js';
@@ -15,6 +13,7 @@ export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number }>> =
   builder: (y) =>
     y.option('interval', { type: 'number', default: 5, describe: 'seconds between scans' }) as Argv<A<{ interval: number }>>,
   handler: async (args) => {
+    const { runDaemon } = await import('../scanner/daemon.js');
     await runDaemon(await openStore(args), { interval: args.interval });
   },
 };
@@ -24,6 +23,7 @@ export const scanCommand: CommandModule<GlobalArgs, A<{ full: boolean }>> = {
   describe: 'scan the shared store once now; prints what was added and removed',
   builder: (y) => y.option('full', { type: 'boolean', default: false, describe: 'list every dir whatever the mtimes say' }) as Argv<A<{ full: boolean }>>,
   handler: async (args) => {
+    const { scanStore } = await import('../scanner/daemon.js');
     const r = await scanStore(await openStore(args), { full: args.full });
     if (args.json) return printJson(r);
     const lines = [

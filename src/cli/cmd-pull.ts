@@ -1,6 +1,6 @@
 /** `image pull` and `image export` (mounted under `image` in cmd-store.ts). */
 import type { Argv, CommandModule } from 'yargs';
-import { exportImage, pullImage, type PullEvent, type PullMode } from '../image/index.js';
+import type { PullEvent, PullMode } from '../image/index.js';
 import { normalizeName } from '../image/refs.js';
 import { type GlobalArgs, withService } from './context.js';
 import { humanSize, printJson } from './output.js';
@@ -85,6 +85,7 @@ export const pullSubcommand: CommandModule<GlobalArgs, PullArgs> = {
   handler: async (args) => {
     const progress = progressPrinter(args.quiet || args.json);
     try {
+      const { pullImage } = await import('../image/index.js'); // the registry client: loaded only here
       const res = await withService(args, (svc) =>
         pullImage(svc.store, svc.index, args.ref, {
           insecure: args.insecure,
@@ -125,7 +126,7 @@ export const exportSubcommand: CommandModule<GlobalArgs, ExportArgs> = {
       } catch {
         name = undefined;
       }
-      return exportImage(svc.store, image, args.out, { gzip: args.gzip, ...(name ? { name } : {}) });
+      return (await import('../image/index.js')).exportImage(svc.store, image, args.out, { gzip: args.gzip, ...(name ? { name } : {}) });
     });
     if (args.json) printJson(res);
     else process.stdout.write(res.manifestDigest + '\n');

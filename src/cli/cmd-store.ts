@@ -1,11 +1,11 @@
 import { createReadStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
-import { applyLayer } from '../archive/index.js';
 import { Store } from '../store/index.js';
 import { type GlobalArgs, storeOptions, withService } from './context.js';
 import { LayerfsError } from '../common/errors.js';
-import { describeKept, describeLease } from '../usage/index.js';
+import { describeKept } from '../usage/lifetime.js';
+import { describeLease } from '../usage/leases.js';
 import { humanSize, printJson, printTable, short } from './output.js';
 import { exportSubcommand, pullSubcommand } from './cmd-pull.js';
 import { layerMountCommands } from './cmd-mount.js';
@@ -124,6 +124,7 @@ export const applyCommand: CommandModule<GlobalArgs, A<{ tar: string; dir: strin
   builder: (y) => y.positional('tar', { type: 'string', demandOption: true }).positional('dir', { type: 'string', demandOption: true }) as Argv<A<{ tar: string; dir: string }>>,
   handler: async (args) => {
     await mkdir(args.dir, { recursive: true });
+    const { applyLayer } = await import('../archive/index.js');
     const res = await applyLayer(createReadStream(args.tar, { highWaterMark: 1 << 20 }), args.dir);
     if (args.json) printJson(res);
     else process.stdout.write(`${res.diffDigest}\n`);

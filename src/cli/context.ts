@@ -1,5 +1,5 @@
 import type { Argv } from 'yargs';
-import { Service } from '../service/index.js';
+import type { Service } from '../service/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { type LockWait, type Role, type StoreOptions, describeLockWait } from '../store/index.js';
 
@@ -51,6 +51,7 @@ export function storeOptions(args: GlobalArgs, opts: { logLockWaits?: boolean } 
 
 /** Open the service for one command and close it afterwards, whatever happens. */
 export async function withService<T>(args: GlobalArgs, fn: (svc: Service) => Promise<T>): Promise<T> {
+  const { Service } = await import('../service/index.js'); // loaded by the commands that need it (start-up)
   const svc = await Service.open(storeOptions(args));
   try {
     return await fn(svc);

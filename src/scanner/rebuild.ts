@@ -4,7 +4,6 @@ import { logger } from '../common/log.js';
 import { STORE_META_KEY } from './scanner.js';
 import type { Index, IndexedLayer, MountRecord, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
-import { recoverMountRecords } from '../usage/index.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from './readiness.js';
 
 export interface StoreSnapshot {
@@ -122,6 +121,7 @@ export async function rebuildIndex(store: Store, index: Index): Promise<StoreSna
   for (const id of await store.listLocalLinks('overlay-images')) if (!snap.images.has(id)) await store.unlinkLocal(id, 'image');
   if (snap.junk.length) logger().warn({ junk: snap.junk }, 'ignored entries that are not layerfs records');
   // after the layers and snapshots: a mount is told ours by its layers' chains and the snapshotter's records
+  const { recoverMountRecords } = await import('../usage/mounttable.js'); // the mount table, the FUSE servers: only here
   const recoveredMounts = await recoverMountRecords(store, index);
   for (const rec of recoveredMounts) await index.putMount(rec);
   return { ...snap, recoveredMounts };

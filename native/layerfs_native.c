@@ -704,6 +704,71 @@ static napi_value n_lutimens(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* Inherited files of a child process. Node marks its own fds close-on-exec; files opened by other libraries
+   (LevelDB's LOCK, LOG, MANIFEST and log files) may not be, and a detached child (a FUSE server) would hold them
+   for its whole life. cloexecFrom(lo): set FD_CLOEXEC on every fd >= lo (close_range(2), Linux 5.11+, else a walk
+   of /proc/self/fd); returns how many fds it looked at (-1: all, by close_range). closeInherited(lo, keep): in a
+   freshly started process, close every fd >= lo but `keep` that is not close-on-exec (what it inherited by
+   accident); returns how many it closed. */
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#include <dirent.h>
+
+static int list_fds(int lo, int *out, int max) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int dfd = dirfd(d), n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL && n < max) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    int fd = atoi(e->d_name);
+    if (fd >= lo && fd != dfd) out[n++] = fd;
+  }
+  closedir(d);
+  return n;
+}
+
+static napi_value n_cloexec_from(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int32_t lo;
+  if (get_fd(env, argv[0], &lo)) return NULL;
+  napi_value ret;
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, (unsigned)lo, ~0U, CLOSE_RANGE_CLOEXEC) == 0) {
+    napi_create_int32(env, -1, &ret);
+    return ret;
+  }
+#endif
+  static int fds[65536];
+  int n = list_fds(lo, fds, 65536);
+  if (n < 0) return throw_errno(env, errno, "opendir", "/proc/self/fd");
+  for (int i = 0; i < n; i++) {
+    int fl = fcntl(fds[i], F_GETFD);
+    if (fl >= 0 && !(fl & FD_CLOEXEC)) fcntl(fds[i], F_SETFD, fl | FD_CLOEXEC);
+  }
+  napi_create_int32(env, n, &ret);
+  return ret;
+}
+
+static napi_value n_close_inherited(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t lo, keep;
+  if (get_fd(env, argv[0], &lo)) return NULL;
+  if (napi_get_value_int32(env, argv[1], &keep) != napi_ok) keep = -1;
+  static int fds[65536];
+  int n = list_fds(lo, fds, 65536), closed = 0;
+  if (n < 0) return throw_errno(env, errno, "opendir", "/proc/self/fd");
+  for (int i = 0; i < n; i++) {
+    if (fds[i] == keep) continue;
+    int fl = fcntl(fds[i], F_GETFD);
+    if (fl >= 0 && !(fl & FD_CLOEXEC) && close(fds[i]) == 0) closed++;
+  }
+  napi_value ret;
+  napi_create_int32(env, closed, &ret);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"mknod", NULL, n_mknod, NULL, NULL, NULL, napi_default, NULL},
@@ -727,6 +792,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"lstatInto", NULL, n_lstat_into, NULL, NULL, NULL, napi_default, NULL},
     {"fstatInto", NULL, n_fstat_into, NULL, NULL, NULL, napi_default, NULL},
     {"lutimens", NULL, n_lutimens, NULL, NULL, NULL, napi_default, NULL},
+    {"cloexecFrom", NULL, n_cloexec_from, NULL, NULL, NULL, napi_default, NULL},
+    {"closeInherited", NULL, n_close_inherited, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -4,7 +4,7 @@
  * Used by scripts/bench-scan.sh and test/scanner.test.ts. Usage:
  *   node dist/scripts/gen-store.js <shared> <layers> <images> [depth] [tag]
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,6 +36,7 @@ export async function genStore(shared: string, nLayers: number, nImages: number,
     const short = randomBytes(5).toString('hex');
     await mkdir(path.join(shared, 'overlay', id, 'diff'), { recursive: true });
     await writeFile(path.join(shared, 'overlay', id, 'link'), short);
+    await symlink(`../${id}/diff`, path.join(shared, 'overlay', 'l', short)); // kernel overlay mounts name lowers by it
     await mkdir(path.join(shared, 'overlay-layers', id), { recursive: true });
     const digest = `sha256:${createHash('sha256').update(id).digest('hex')}`;
     const rec = { id, parent, diffDigest: digest, compressedDigest: digest, size: 0, compressedSize: 0, rw: false, created };

@@ -1,8 +1,6 @@
 import type { Argv, CommandModule } from 'yargs';
 import { readFile } from 'node:fs/promises';
-import { IndexHolder, startApiServer, type ApiServer } from '../api/index.js';
 import { LayerfsError } from '../common/errors.js';
-import { runDaemon } from '../scanner/daemon.js';
 import { Store } from '../store/index.js';
 import { type GlobalArgs, callService, storeOptions } from './context.js';
 import { printJson, short } from './output.js';
@@ -21,8 +19,10 @@ export const daemonCommand: CommandModule<GlobalArgs, A<{ interval: number; 'soc
   handler: async (args) => {
     const store = await openStore(args);
     const gid = args['socket-group'] !== undefined ? await groupId(args['socket-group']) : undefined;
-    let holder: IndexHolder | null = null;
-    let server: ApiServer | null = null;
+    let holder: import('../api/holder.js').IndexHolder | null = null;
+    let server: import('../api/server.js').ApiServer | null = null;
+    // loaded here only: the daemon's parts (the scanner, the index holder with the Service, the socket server)
+    const [{ runDaemon }, { IndexHolder }, { startApiServer }] = await Promise.all([import('../scanner/daemon.js'), import('../api/holder.js'), import('../api/server.js')]);
     await runDaemon(store, {
       interval: args.interval,
       started: async () => {

@@ -1,7 +1,5 @@
 import type { CommandModule } from 'yargs';
 import { LayerfsError } from '../common/errors.js';
-import { parseMountOptions } from '../fuse/options.js';
-import { spawnServer } from '../fuse/spawn.js';
 
 interface FuseArgs {
   mountpoint: string;
@@ -29,6 +27,7 @@ export const fuseCommand: CommandModule<object, FuseArgs> = {
   handler: async (argv) => {
     const opts = ([] as string[]).concat(argv.o ?? []);
     if (argv.transport) opts.push(`transport=${argv.transport}`);
+    const { parseMountOptions } = await import('../fuse/options.js');
     parseMountOptions(opts, argv.mountpoint); // usage errors before anything starts
     const args = [...opts.flatMap((o) => ['-o', o]), ...(argv.d ? ['-d'] : []), argv.mountpoint];
     if (argv.f || argv.d) {
@@ -38,6 +37,7 @@ export const fuseCommand: CommandModule<object, FuseArgs> = {
       return;
     }
     try {
+      const { spawnServer } = await import('../fuse/spawn.js');
       await spawnServer(args);
     } catch (err) {
       if (err instanceof LayerfsError) throw err;

@@ -1,6 +1,6 @@
 import { pipeline } from 'node:stream/promises';
 import type { Argv, CommandModule } from 'yargs';
-import { parseSize, type DriverName } from '../drivers/index.js';
+import type { DriverName } from '../drivers/index.js';
 import { LayerfsError } from '../common/errors.js';
 import path from 'node:path';
 import { exportDiff } from '../archive/index.js';
@@ -10,8 +10,9 @@ import { printJson } from './output.js';
 type A<T = object> = GlobalArgs & T;
 const DRIVERS = ['overlay', 'fuse', 'auto'] as const;
 
-function size(s: string | undefined): number | undefined {
+async function size(s: string | undefined): Promise<number | undefined> {
   if (s === undefined) return undefined;
+  const { parseSize } = await import('../drivers/index.js'); // the drivers are loaded by the commands that use them
   try {
     return parseSize(s);
   } catch (err) {
@@ -32,7 +33,7 @@ export const mountCommand: CommandModule<GlobalArgs, A<{ ref: string; mnt: strin
       .option('name', { type: 'string', describe: 'a name for the RW layer' })
       .option('transport', { choices: ['direct', 'fuse-native'], describe: 'FUSE driver: /dev/fuse spoken directly (default as root) or libfuse 2' }) as unknown as Argv<A<{ ref: string; mnt: string; driver: DriverName; ro: boolean; quota?: string; name?: string; transport?: string }>>,
   handler: async (args) => {
-    const quota = size(args.quota);
+    const quota = await size(args.quota);
     // the FUSE transport: this command's choice, passed to whoever mounts (the daemon, when one runs)
     const transport = args.transport ?? process.env.LAYERFS_FUSE_TRANSPORT;
     const res = await callService(args, 'mountImage', [

@@ -1,6 +1,5 @@
 import type { Argv, CommandModule } from 'yargs';
 import { logger } from '../common/log.js';
-import { startSnapshotterServer } from '../snapshotter/index.js';
 import { type GlobalArgs, storeOptions } from './context.js';
 
 type A<T = object> = GlobalArgs & T;
@@ -15,6 +14,7 @@ export const snapshotterCommand: CommandModule<GlobalArgs, A<{ address: string; 
       A<{ address: string; driver: 'overlay' | 'fuse' }>
     >,
   handler: async (args) => {
+    const { startSnapshotterServer } = await import('../snapshotter/index.js'); // gRPC: loaded only here
     const srv = await startSnapshotterServer(args.address, { ...storeOptions(args, { logLockWaits: true }), driver: args.driver });
     logger().info({ address: srv.address, driver: args.driver, root: args.root }, 'snapshotter listening');
     process.stderr.write(`layerfs snapshotter: listening on ${srv.address} (driver ${args.driver}, root ${args.root})\n`);

@@ -1,12 +1,11 @@
 import { createReadStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import type { Argv, CommandModule } from 'yargs';
-import { applyLayer } from '../archive/index.js';
-import { absoluteImageInput } from '../image/source.js';
 import { Store } from '../store/index.js';
 import { type GlobalArgs, callService, pathOrRef, storeOptions } from './context.js';
 import { LayerfsError } from '../common/errors.js';
-import { describeKept, describeLease } from '../usage/index.js';
+import { describeKept } from '../usage/lifetime.js';
+import { describeLease } from '../usage/leases.js';
 import { humanSize, printJson, printTable, short } from './output.js';
 import { exportSubcommand, progressPrinter, pullSubcommand } from './cmd-pull.js';
 import { layerMountCommands } from './cmd-mount.js';
@@ -29,6 +28,7 @@ export const imageCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         async (args) => {
           const progress = progressPrinter(args.quiet || args.json, Boolean(process.stderr.isTTY), 'importing');
           try {
+            const { absoluteImageInput } = await import('../image/source.js');
             const res = await callService(args, 'importImage', [await absoluteImageInput(args.path), args.name ?? []], (ev) => progress.onEvent(ev as never));
             progress.finish();
             if (args.json) printJson({ ...res.image, extracted: res.extracted });
@@ -133,6 +133,7 @@ export const applyCommand: CommandModule<GlobalArgs, A<{ tar: string; dir: strin
   builder: (y) => y.positional('tar', { type: 'string', demandOption: true }).positional('dir', { type: 'string', demandOption: true }) as Argv<A<{ tar: string; dir: string }>>,
   handler: async (args) => {
     await mkdir(args.dir, { recursive: true });
+    const { applyLayer } = await import('../archive/index.js');
     const res = await applyLayer(createReadStream(args.tar, { highWaterMark: 1 << 20 }), args.dir);
     if (args.json) printJson(res);
     else process.stdout.write(`${res.diffDigest}\n`);

@@ -1,8 +1,9 @@
 import type { Argv } from 'yargs';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { API, ApiClient, DaemonGone, READ_ONLY, type ApiMethod, type ApiResult } from '../api/index.js';
-import { Service } from '../service/index.js';
+import { API, READ_ONLY, type ApiMethod, type ApiResult } from '../api/methods.js';
+import { ApiClient, DaemonGone } from '../api/client.js';
+import type { Service } from '../service/index.js';
 import { LayerfsError } from '../common/errors.js';
 import { Store, type LockWait, type Role, type StoreOptions, describeLockWait } from '../store/index.js';
 
@@ -81,6 +82,7 @@ export async function callService<M extends ApiMethod>(args: GlobalArgs, method:
 
 /** Open the service for one command and close it afterwards, whatever happens. */
 export async function withService<T>(args: GlobalArgs, fn: (svc: Service) => Promise<T>): Promise<T> {
+  const { Service } = await import('../service/index.js'); // loaded by the commands that need it (start-up)
   const svc = await Service.open(storeOptions(args));
   try {
     return await fn(svc);

@@ -47,6 +47,12 @@ export interface Native {
   fstatInto(fd: number, out: Float64Array): void;
   /** utimensat(2) with AT_SYMLINK_NOFOLLOW and exact times; a nanosecond field may be UTIME_NOW or UTIME_OMIT. */
   lutimens(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  /** Mark every fd >= lo close-on-exec (before spawning a long-lived child: it inherits none of this process's
+   *  files, LevelDB's included). Returns -1 (close_range did it) or the number of fds looked at. */
+  cloexecFrom(lo: number): number;
+  /** Close every fd >= lo but `keep` that is not close-on-exec: what a fresh process inherited by accident
+   *  (Node's own fds are close-on-exec). Returns how many were closed. */
+  closeInherited(lo: number, keep: number): number;
 }
 
 export const UTIME_NOW = (1 << 30) - 1;

@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LayerfsError } from '../common/errors.js';
+import { native } from '../common/native.js';
 import { SERVER_POOL_SIZE } from './transport/direct/threadpool.js';
 
 /** The compiled server entry beside this module (dist/src/fuse/server-main.js). */
@@ -51,6 +52,9 @@ function startProcess(serverArgs: string[], stdin: 'ignore' | 'pipe'): ChildProc
   const errFd = logFile ? openSync(logFile, 'a') : 'ignore';
   try {
     // LAYERFS_FUSE_NODE_ARGS: extra node flags for the server process (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
+    // the server outlives this process: it must hold none of our files (the index's LevelDB files above all: Node's
+    // own fds are close-on-exec, LevelDB's are not). The stdio mapping below dups what the child gets anyway.
+    native.cloexecFrom(3);
     const nodeArgs = [...SERVER_NODE_ARGS, ...(process.env.LAYERFS_FUSE_NODE_ARGS ?? '').split(/\s+/).filter(Boolean)];
     return spawn(process.execPath, [...nodeArgs, SERVER_MAIN, ...serverArgs], {
       detached: true,

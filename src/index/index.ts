@@ -1,7 +1,38 @@
 import { Level } from 'level';
-import { access } from 'node:fs/promises';
+import { access, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import { LayerfsError } from '../common/errors.js';
-import type { ImageRecord, LayerRecord } from '../store/index.js';
+import { INDEX_BATCH, chunks } from '../common/limit.js';
+import { processAlive } from '../common/proc.js';
+import { type ImageRecord, type LayerRecord, type LockHolder, type LockWait, describeHolder } from '../store/index.js';
+
+export interface IndexOpenOptions {
+  /** How long to wait while another process holds the index (default 30 s, env LAYERFS_INDEX_WAIT_MS). */
+  waitMs?: number;
+  /**
+   * `<root>/index.holder` (the Store names it): written (`{pid, host, since, command}`) while this process holds the
+   * index, removed at close; read by a waiter to say who holds it. Without it the holder is not recorded.
+   */
+  holderFile?: string;
+  /** What this process is doing, for waiters (default: `layerfs <its arguments>`). */
+  purpose?: string;
+  /** Told who holds the index when a wait starts (at once), then every `noticeEveryMs` (default 10 s). */
+  onWait?: (w: LockWait) => void;
+  noticeEveryMs?: number;
+}
+
+/** The recorded holder of the index, or null when there is none or it is a dead process of this host. */
+export async function readIndexHolder(file: string): Promise<LockHolder | null> {
+  let h: LockHolder;
+  try {
+    h = JSON.parse(await readFile(file, 'utf8')) as LockHolder;
+  } catch {
+    return null;
+  }
+  if (typeof h?.pid !== 'number' || typeof h.host !== 'string') return null;
+  if (h.host === os.hostname() && !processAlive(h.pid)) return null; // left by a crashed holder
+  return h;
+}
 
 /** A layer as the index knows it: the on-disk record plus what this host knows about it. */
 export interface IndexedLayer extends LayerRecord {
@@ -37,10 +68,13 @@ export interface SnapshotRecord {
   layer: string | null;
 }
 
+const UNKNOWN_HOLDER = 'another process (no live holder recorded)';
 const INDEX_VERSION_KEY = 'index.v';
 const INDEX_VERSION = 3;
 
 type Sub = ReturnType<Level<string, unknown>['sublevel']>;
+type SubName = 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'missing' | 'child' | 'ref';
+type BatchOp = { type: 'put'; sub: SubName; key: string; value: unknown } | { type: 'del'; sub: SubName; key: string };
 
 /**
  * The LevelDB index under `<root>/index`: a cache of the disk so listings and lookups never walk
@@ -52,54 +86,76 @@ export class Index {
     private readonly db: Level<string, unknown>,
     /** True when the database did not exist before this open (callers rebuild it from the store). */
     readonly created: boolean,
+    private readonly holderFile?: string,
   ) {}
 
   /**
    * Open the index. LevelDB lets one process at a time have it open (its LOCK file); when another
    * layerfs process holds it (the daemon mid-scan, another CLI command), wait for it up to `waitMs`
-   * (default 30 s, env LAYERFS_INDEX_WAIT_MS), polling, instead of failing at once.
+   * (default 30 s, env LAYERFS_INDEX_WAIT_MS), polling, instead of failing at once; `onWait` is told who
+   * holds it (from `holderFile`) at once and every 10 s, and a timeout names the holder.
    */
-  static async open(dir: string, opts: { waitMs?: number } = {}): Promise<Index> {
+  static async open(dir: string, opts: IndexOpenOptions = {}): Promise<Index> {
     const existed = await access(dir).then(
       () => true,
       () => false,
     );
     const envWait = process.env.LAYERFS_INDEX_WAIT_MS;
     const waitMs = opts.waitMs ?? (envWait !== undefined && envWait !== '' ? Number(envWait) : 30_000);
-    const deadline = Date.now() + waitMs;
+    const noticeEvery = opts.noticeEveryMs ?? 10_000;
+    const t0 = Date.now();
+    const deadline = t0 + waitMs;
+    const lockName = `the index ${dir}`;
+    let nextNotice = t0;
     for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
       const db = new Level<string, unknown>(dir, { valueEncoding: 'json' });
       try {
         await db.open();
-        const index = new Index(db, !existed);
+        const index = new Index(db, !existed, opts.holderFile);
+        if (opts.holderFile) await index.writeHolder(opts.holderFile, opts.purpose ?? `layerfs ${process.argv.slice(2).join(' ')}`.trim());
         await index.upgrade();
         return index;
       } catch (err) {
         const cause = (err as { cause?: { code?: string; message?: string } }).cause;
         const msg = `${(err as Error).message} ${cause?.message ?? ''}`;
         const locked = (err as { code?: string }).code === 'LEVEL_DATABASE_NOT_OPEN' && /lock/i.test(msg);
-        if (locked && Date.now() < deadline) {
-          await new Promise((r) => setTimeout(r, delay));
-          continue;
+        if (!locked) throw new LayerfsError('ELOCKED', dir, `cannot open the index: ${msg.trim()}`, { cause: err });
+        const now = Date.now();
+        const holder = opts.holderFile ? await readIndexHolder(opts.holderFile) : null;
+        if (now >= deadline) {
+          throw new LayerfsError('ELOCKED', dir, `gave up after ${Math.round(waitMs / 1000)} s waiting for ${lockName}, held by ${describeHolder(holder, UNKNOWN_HOLDER)}`, { cause: err });
         }
-        if (locked) {
-          throw new LayerfsError('ELOCKED', dir, `the index is in use by another layerfs process (waited ${Math.round(waitMs / 1000)} s; is a long command running on this root?)`, { cause: err });
+        // at once (a holder that has just opened it gets a second to write its file), then every noticeEvery
+        if (opts.onWait && (holder !== null || now - t0 >= 1000) && now >= nextNotice) {
+          opts.onWait({ lock: lockName, holder, waitedMs: now - t0, timeoutMs: waitMs, unknownHolder: UNKNOWN_HOLDER });
+          nextNotice += noticeEvery;
+          while (nextNotice <= now) nextNotice += noticeEvery;
         }
-        throw new LayerfsError('ELOCKED', dir, `cannot open the index: ${msg.trim()}`, { cause: err });
+        await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(1, deadline - now))));
       }
     }
+  }
+
+  /** Say who holds the index (temp + rename: a waiter never reads half of it). */
+  private async writeHolder(file: string, command: string): Promise<void> {
+    const h: LockHolder & { command: string } = { pid: process.pid, host: os.hostname(), since: new Date().toISOString(), purpose: command, command };
+    const tmp = `${file}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify(h) + '\n');
+    await rename(tmp, file);
   }
 
   /** Build what an index of an older layout lacks (the reverse maps), once. */
   private async upgrade(): Promise<void> {
     if ((await this.getMeta<number>(INDEX_VERSION_KEY)) === INDEX_VERSION) return;
     for (const s of ['rw', 'missing', 'child', 'ref'] as const) await this.sub(s).clear();
-    for (const l of await this.listLayers()) await this.putLayer(l);
-    for (const i of await this.listImages()) if (i.layers.length) await this.sub('ref').batch(i.layers.map((l) => ({ type: 'put', key: `${l}/${i.id}`, value: 1 })) as never);
+    await this.putLayers(await this.listLayers());
+    await this.batch((await this.listImages()).flatMap((i) => i.layers.map((l): BatchOp => ({ type: 'put', sub: 'ref', key: `${l}/${i.id}`, value: 1 }))));
     await this.putMeta(INDEX_VERSION_KEY, INDEX_VERSION);
   }
 
   async close(): Promise<void> {
+    // the holder file goes first: once the LOCK is free, the next holder writes its own
+    if (this.holderFile) await rm(this.holderFile, { force: true });
     await this.db.close();
   }
 
@@ -108,17 +164,66 @@ export class Index {
    * costs O(its users), not a walk of every record: `rw` (RW layer ids), `missing` (layers kept as missing), `child` (`<parent>/<child>`), `ref`
    * (`<layer>/<image>`). An index made before them gets them built once at open (`meta` key `index.v`).
    */
-  private sub(name: 'layer' | 'image' | 'name' | 'meta' | 'mount' | 'snapshot' | 'rw' | 'missing' | 'child' | 'ref'): Sub {
-    return this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub;
+  private sub(name: SubName): Sub {
+    let s = this.subs.get(name);
+    if (!s) this.subs.set(name, (s = this.db.sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as Sub));
+    return s;
+  }
+  private readonly subs = new Map<SubName, Sub>();
+
+  /** One LevelDB batch of operations across sublevels, `INDEX_BATCH` at a time (a write each, not one per key). */
+  private async batch(ops: BatchOp[]): Promise<void> {
+    for (const part of chunks(ops, INDEX_BATCH)) {
+      await this.db.batch(part.map((o) => (o.type === 'put' ? { type: 'put', sublevel: this.sub(o.sub), key: o.key, value: o.value } : { type: 'del', sublevel: this.sub(o.sub), key: o.key })) as never);
+    }
+  }
+
+  private layerOps(rec: IndexedLayer): BatchOp[] {
+    const ops: BatchOp[] = [{ type: 'put', sub: 'layer', key: rec.id, value: rec }];
+    if (rec.rw) ops.push({ type: 'put', sub: 'rw', key: rec.id, value: 1 });
+    ops.push(rec.missing ? { type: 'put', sub: 'missing', key: rec.id, value: 1 } : { type: 'del', sub: 'missing', key: rec.id });
+    if (rec.parent) ops.push({ type: 'put', sub: 'child', key: `${rec.parent}/${rec.id}`, value: 1 });
+    return ops;
+  }
+
+  /** putLayer of many records, in batched writes (a scan or index build of thousands of layers). */
+  async putLayers(recs: readonly IndexedLayer[]): Promise<void> {
+    await this.batch(recs.flatMap((r) => this.layerOps(r)));
+  }
+
+  /**
+   * putImage of many records, in batched writes; the same result as putImage of each in turn (names moved between
+   * records of one call included: a later record's claim wins, and a dropped name goes only if it still points here).
+   */
+  async putImages(recs: readonly ImageRecord[]): Promise<void> {
+    if (!recs.length) return;
+    const olds = (await this.sub('image').getMany(recs.map((r) => r.id))) as (ImageRecord | undefined)[];
+    const pending = new Map<string, string | null>(); // name -> image id (null: deleted) by earlier records of this call
+    const ops: BatchOp[] = [];
+    for (const [i, rec] of recs.entries()) {
+      const old = olds[i];
+      for (const n of old?.names ?? []) {
+        if (rec.names.includes(n)) continue;
+        const cur = pending.has(n) ? pending.get(n) : await this.sub('name').get(n);
+        if (cur === rec.id) {
+          ops.push({ type: 'del', sub: 'name', key: n });
+          pending.set(n, null);
+        }
+      }
+      for (const n of rec.names) {
+        ops.push({ type: 'put', sub: 'name', key: n, value: rec.id });
+        pending.set(n, rec.id);
+      }
+      ops.push({ type: 'put', sub: 'image', key: rec.id, value: rec });
+      for (const l of old?.layers ?? []) if (!rec.layers.includes(l)) ops.push({ type: 'del', sub: 'ref', key: `${l}/${rec.id}` });
+      for (const l of rec.layers) ops.push({ type: 'put', sub: 'ref', key: `${l}/${rec.id}`, value: 1 });
+    }
+    await this.batch(ops);
   }
 
   // ---- layers
   async putLayer(rec: IndexedLayer): Promise<void> {
-    await this.sub('layer').put(rec.id, rec);
-    if (rec.rw) await this.sub('rw').put(rec.id, 1);
-    if (rec.missing) await this.sub('missing').put(rec.id, 1);
-    else await this.sub('missing').del(rec.id);
-    if (rec.parent) await this.sub('child').put(`${rec.parent}/${rec.id}`, 1);
+    await this.batch(this.layerOps(rec));
   }
   async getLayer(id: string): Promise<IndexedLayer | undefined> {
     return (await this.sub('layer').get(id)) as IndexedLayer | undefined;

@@ -24,7 +24,7 @@ export interface DaemonOptions {
    * How the daemon's work gets the index: default, opened for each step and closed again. The `layerfs daemon`
    * command holds it instead and serves the CLI over a socket (src/api): it passes its own.
    */
-  withIndex?: <T>(fn: (index: Index) => Promise<T>) => Promise<T>;
+  withIndex?: <T>(fn: (index: Index) => Promise<T>, purpose?: string) => Promise<T>;
   /** Called once this process is the root's only daemon, before the first scan (e.g. to open the index and the socket). */
   started?: () => Promise<void>;
   /** Called when the daemon stops (after the last scan). */
@@ -36,9 +36,9 @@ export function daemonLockFile(store: Store): string {
 }
 
 /** Open the index (waiting for another process to let go of it), rebuilding it if it is new. */
-export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T>): Promise<T> {
+export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T>, purpose?: string): Promise<T> {
   await checkStoreBeforeFirstBuild(store);
-  const index = await Index.open(store.indexDir);
+  const index = await Index.open(store.indexDir, { holderFile: store.indexHolderFile, onWait: (w) => store.noticeLockWait(w), ...(purpose ? { purpose } : {}) });
   try {
     if (index.created) await rebuildIndex(store, index);
     return await fn(index);
@@ -48,8 +48,8 @@ export async function withIndex<T>(store: Store, fn: (index: Index) => Promise<T
 }
 
 /** Run one scan with the index opened for its length. */
-export async function scanStore(store: Store, opts: { full?: boolean } = {}): Promise<ScanResult> {
-  return withIndex(store, (index) => scanOnce(store, index, opts));
+export async function scanStore(store: Store, opts: { full?: boolean; purpose?: string } = {}): Promise<ScanResult> {
+  return withIndex(store, (index) => scanOnce(store, index, opts), opts.purpose);
 }
 
 export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void> {
@@ -72,10 +72,10 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
   const onInt = () => stop('SIGINT');
   process.on('SIGTERM', onTerm);
   process.on('SIGINT', onInt);
-  const useIndex = opts.withIndex ?? (<T>(fn: (index: Index) => Promise<T>) => withIndex(store, fn));
+  const useIndex = opts.withIndex ?? (<T>(fn: (index: Index) => Promise<T>, purpose = 'layerfs daemon') => withIndex(store, fn, purpose));
   try {
     // index upkeep: we are the only daemon on this root; temp dirs left in the root by a crash go now
-    await withIndex(store, async () => store.removeStaleTemps(store.root));
+    await withIndex(store, async () => store.removeStaleTemps(store.root), 'layerfs daemon: start-up');
     await opts.started?.();
     const refresh = store.role === 'reader';
     log.info({ root: store.root, shared: store.shared, role: store.role, interval: opts.interval, refresh }, refresh ? 'daemon started' : 'daemon started (writer: refresh off)');
@@ -84,7 +84,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
       if (refresh) {
         try {
           log.debug('scan start');
-          const r = await useIndex((index) => scanOnce(store, index));
+          const r = await useIndex((index) => scanOnce(store, index), 'layerfs daemon: scan');
           scans++;
           const summary = { added: r.added, removed: r.removed, updated: r.updated.images, missing: r.missing, waiting: r.waiting, io: r.io };
           if (scanChanged(r)) log.info(summary, 'scan: store changed');
@@ -100,7 +100,7 @@ export async function runDaemon(store: Store, opts: DaemonOptions): Promise<void
           const life = new Lifetime(store, index);
           await life.leases.renew();
           await life.collectMarked(); // logs what it removed and kept
-        });
+        }, 'layerfs daemon: lease renewal, removal pass');
       } catch (err) {
         log.error({ err }, 'lease renewal or removal pass failed');
       }

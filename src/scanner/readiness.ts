@@ -6,9 +6,15 @@
  *  - an image is ready when its record parses (and names itself) and all its layers are ready.
  * What is not ready yet is retried later; what can never be ready (does not parse) is "bad".
  */
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs';
+import { promisify } from 'node:util';
 import { isErrno } from '../common/errors.js';
 import { type ImageRecord, type LayerRecord, type Store, parseImageRecord, parseLayerRecord } from '../store/index.js';
+
+// the callback API, not fs/promises: a record read is 4 syscalls on the pool either way, but without FileHandle
+// objects and their promise chain; thousands of them (a first scan, an index build) take about half the time
+const readFileCb = promisify(readFile) as (file: string, enc: 'utf8') => Promise<string>;
+export const statCb = promisify(stat);
 
 /** I/O counters, so the bench (and a curious operator) can see what a scan cost. */
 export interface IoCounters {
@@ -25,7 +31,7 @@ async function readRecord<T>(file: string, parse: (t: string) => T | null, io?: 
   let text: string;
   try {
     if (io) io.filesRead++;
-    text = await readFile(file, 'utf8');
+    text = await readFileCb(file, 'utf8');
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return { kind: 'absent' };
     if (isErrno(err, 'EISDIR')) return { kind: 'bad', why: 'is a directory' };
@@ -56,7 +62,7 @@ export async function readImageRecord(store: Store, id: string, io?: IoCounters)
 export async function layerDataPresent(store: Store, id: string, io?: IoCounters): Promise<boolean> {
   try {
     if (io) io.stats++;
-    return (await stat(store.sharedPath('overlay', id, 'diff'))).isDirectory();
+    return (await statCb(store.sharedPath('overlay', id, 'diff'))).isDirectory();
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return false;
     throw err;

@@ -1,9 +1,9 @@
 import { access } from 'node:fs/promises';
+import { IO_PARALLEL, mapLimit } from '../common/limit.js';
 import { logger } from '../common/log.js';
 import { STORE_META_KEY } from './scanner.js';
 import type { Index, IndexedLayer, MountRecord, SnapshotRecord } from '../index/index.js';
 import type { ImageRecord, LayerRecord, Store } from '../store/index.js';
-import { recoverMountRecords } from '../usage/index.js';
 import { imageLayersReady, layerDataPresent, readImageRecord, readLayerRecord, resolveLayerChains } from './readiness.js';
 
 export interface StoreSnapshot {
@@ -28,14 +28,18 @@ export async function readStore(store: Store): Promise<StoreSnapshot> {
   const metaList = await store.listSharedIds('overlay-layers');
   junk.push(...metaList.junk.map((n) => `overlay-layers/${n}`));
   const candidates = new Map<string, LayerRecord>();
-  for (const id of metaList.ids) {
+  // the records are read IO_PARALLEL at a time (one file read and one stat each), then judged in listing order
+  const reads = await mapLimit(metaList.ids, IO_PARALLEL, async (id) => {
     const r = await readLayerRecord(store, id);
+    return { id, r, data: r.kind === 'ok' && dataIds.has(id) && (await layerDataPresent(store, id)) };
+  });
+  for (const { id, r, data } of reads) {
     if (r.kind !== 'ok') {
       if (r.kind === 'bad') junk.push(`overlay-layers/${id} (${r.why})`);
       else notReady.push(`overlay-layers/${id}`);
       continue;
     }
-    if (!dataIds.has(id) || !(await layerDataPresent(store, id))) {
+    if (!data) {
       notReady.push(`overlay/${id}`);
       continue;
     }
@@ -53,8 +57,8 @@ export async function readStore(store: Store): Promise<StoreSnapshot> {
   const images = new Map<string, ImageRecord>();
   const imgList = await store.listSharedIds('overlay-images');
   junk.push(...imgList.junk.map((n) => `overlay-images/${n}`));
-  for (const id of imgList.ids) {
-    const r = await readImageRecord(store, id);
+  const imgReads = await mapLimit(imgList.ids, IO_PARALLEL, async (id) => ({ id, r: await readImageRecord(store, id) }));
+  for (const { id, r } of imgReads) {
     if (r.kind !== 'ok') {
       if (r.kind === 'bad') junk.push(`overlay-images/${id} (${r.why})`);
       else notReady.push(`overlay-images/${id}`);
@@ -94,31 +98,30 @@ export async function rebuildIndex(store: Store, index: Index): Promise<StoreSna
   const old = new Map((await index.listLayers()).map((l) => [l.id, l] as const));
   await index.clear();
   await index.putMeta(STORE_META_KEY, { storeId: marker.storeId });
-  for (const rec of snap.layers.values()) {
-    if (!rec.rw) await store.linkLocal(rec.id, 'layer');
-    await index.putLayer(rec);
-  }
+  // links first (IO_PARALLEL at a time), then the records in batched writes
+  await store.linkLocalMany([...snap.layers.values()].filter((r) => !r.rw).map((r) => r.id), 'layer');
+  await index.putLayers([...snap.layers.values()]);
   // RW layers whose RO parents vanished keep the parents listed, marked missing
+  const missing = new Map<string, IndexedLayer>();
   for (const rec of snap.layers.values()) {
     let p = rec.parent;
     while (p && !snap.layers.has(p)) {
       const gone = old.get(p);
       if (!gone) break;
-      const missing: IndexedLayer = { ...gone, missing: true };
-      await index.putLayer(missing);
+      missing.set(p, { ...gone, missing: true });
       p = gone.parent;
     }
   }
-  for (const rec of snap.images.values()) {
-    await store.linkLocal(rec.id, 'image');
-    await index.putImage(rec);
-  }
+  await index.putLayers([...missing.values()]);
+  await store.linkLocalMany([...snap.images.keys()], 'image');
+  await index.putImages([...snap.images.values()]);
   // containerd snapshot records live as files in the root; the index only caches them
   for (const rec of await store.listSnapshotRecords<SnapshotRecord>()) await index.putSnapshot(rec);
   for (const id of await store.listLocalLinks('overlay-layers')) if (!snap.layers.has(id)) await store.unlinkLocal(id, 'layer');
   for (const id of await store.listLocalLinks('overlay-images')) if (!snap.images.has(id)) await store.unlinkLocal(id, 'image');
   if (snap.junk.length) logger().warn({ junk: snap.junk }, 'ignored entries that are not layerfs records');
   // after the layers and snapshots: a mount is told ours by its layers' chains and the snapshotter's records
+  const { recoverMountRecords } = await import('../usage/mounttable.js'); // the mount table, the FUSE servers: only here
   const recoveredMounts = await recoverMountRecords(store, index);
   for (const rec of recoveredMounts) await index.putMount(rec);
   return { ...snap, recoveredMounts };

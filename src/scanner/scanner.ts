@@ -14,12 +14,13 @@
  * (not ready) ids, the image dir mtimes, the layers kept as missing, and the bad entries already
  * warned about (one warning per bad entry, not one per scan).
  */
-import { readdir, stat } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { LayerfsError, isErrno } from '../common/errors.js';
+import { IO_PARALLEL, mapLimit } from '../common/limit.js';
 import { logger } from '../common/log.js';
 import type { Index, IndexedLayer } from '../index/index.js';
 import { type ImageRecord, type LayerRecord, type Store, isLayerId } from '../store/index.js';
-import { type IoCounters, imageLayersReady, layerDataPresent, newCounters, readImageRecord, readLayerRecord, resolveLayerChains } from './readiness.js';
+import { type IoCounters, imageLayersReady, layerDataPresent, newCounters, readImageRecord, readLayerRecord, resolveLayerChains, statCb } from './readiness.js';
 
 const KINDS = ['overlay', 'overlay-layers', 'overlay-images'] as const;
 type Kind = (typeof KINDS)[number];
@@ -116,7 +117,7 @@ async function listKind(store: Store, kind: Kind, io: IoCounters): Promise<Listi
 async function mtimeOf(p: string, io: IoCounters): Promise<number> {
   io.stats++;
   try {
-    return (await stat(p)).mtimeMs;
+    return (await statCb(p)).mtimeMs;
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return -1;
     throw err;
@@ -213,14 +214,15 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
   const removedSet = new Set(res.removed.layers);
   const candidates = new Map<string, LayerRecord>();
   const waitingLayers: string[] = [];
-  for (const id of candidateIds) {
-    if (present && !present(id)) {
-      waitingLayers.push(id); // data dir without layer.json (being published) or the reverse
-      continue;
-    }
+  // records read IO_PARALLEL at a time (a first scan reads thousands), then judged in listing order
+  const reads = await mapLimit(candidateIds, IO_PARALLEL, async (id) => {
+    if (present && !present(id)) return { id, r: null, data: false }; // data dir without layer.json (being published) or the reverse
     const r = await readLayerRecord(store, id, io);
-    if (r.kind === 'bad') warnOnce(`overlay-layers/${id}`, r.why);
-    if (r.kind !== 'ok' || !(await layerDataPresent(store, id, io))) {
+    return { id, r, data: r.kind === 'ok' && (await layerDataPresent(store, id, io)) };
+  });
+  for (const { id, r, data } of reads) {
+    if (r?.kind === 'bad') warnOnce(`overlay-layers/${id}`, r.why);
+    if (r?.kind !== 'ok' || !data) {
       waitingLayers.push(id);
       continue;
     }
@@ -228,11 +230,12 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
   }
   const { ready, waiting } = resolveLayerChains(candidates, (id) => isKnownReady(id) && !removedSet.has(id));
   waitingLayers.push(...waiting);
-  // make the symlinks first, then index: a crash in between leaves a link the next scan re-makes
+  // make the symlinks first, then index (batched writes): a crash in between leaves links the next scan re-makes
+  await store.linkLocalMany([...ready.keys()], 'layer');
+  await index.putLayers([...ready.values()]);
+  const wasMissing = new Set([...ready.keys()].filter((id) => known.get(id)?.missing));
+  if (wasMissing.size) state.missing = state.missing.filter((m) => !wasMissing.has(m));
   for (const rec of ready.values()) {
-    await store.linkLocal(rec.id, 'layer');
-    await index.putLayer(rec);
-    if (known.get(rec.id)?.missing) state.missing = state.missing.filter((m) => m !== rec.id);
     known.set(rec.id, rec);
     res.added.layers.push(rec.id);
   }
@@ -295,8 +298,10 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
     imageCandidates = [...imageIds].filter((id) => !knownImages.has(id));
     if (imagesDirMoved) {
       // a known image whose dir changed had its image.json replaced: re-read it
-      for (const id of knownImages.keys()) {
-        const m = await mtimeOf(store.sharedPath('overlay-images', id), io);
+      const ids = [...knownImages.keys()];
+      const mtimes = await mapLimit(ids, IO_PARALLEL, (id) => mtimeOf(store.sharedPath('overlay-images', id), io));
+      for (const [i, id] of ids.entries()) {
+        const m = mtimes[i]!;
         if (bootstrap && !opts.full) state.imageMtimes[id] = m; // just read by the rebuild that made this index
         else if (opts.full || state.imageMtimes[id] !== m) imageCandidates.push(id);
       }
@@ -313,9 +318,12 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
     res.removed.images.push(id);
     if (!imageCandidates.includes(id)) imageCandidates.push(id);
   }
-  for (const id of imageCandidates) {
+  const imgReads = await mapLimit(imageCandidates, IO_PARALLEL, async (id) => {
     const mtime = await mtimeOf(store.sharedPath('overlay-images', id), io);
-    const r = await readImageRecord(store, id, io);
+    return { id, mtime, r: await readImageRecord(store, id, io) };
+  });
+  const changed: ImageRecord[] = [];
+  for (const { id, mtime, r } of imgReads) {
     if (r.kind === 'bad') warnOnce(`overlay-images/${id}`, r.why);
     if (r.kind !== 'ok' || !imageLayersReady(r.rec, layerReady)) {
       waitingImages.push(id);
@@ -324,12 +332,15 @@ export async function scanOnce(store: Store, index: Index, opts: ScanOptions = {
     const was = knownImages.get(id);
     state.imageMtimes[id] = mtime;
     if (was && JSON.stringify(was) === JSON.stringify(r.rec)) continue;
-    await store.linkLocal(id, 'image');
-    await index.putImage(r.rec);
+    changed.push(r.rec);
     knownImages.set(id, r.rec);
     if (was) res.updated.images.push(id);
     else res.added.images.push(id);
   }
+  // links first, then the records (batched writes, in the order read: a name two records claim ends where
+  // putImage of each in turn would leave it)
+  await store.linkLocalMany(changed.map((r) => r.id), 'image');
+  await index.putImages(changed);
   for (const id of Object.keys(state.imageMtimes)) if (!knownImages.has(id)) delete state.imageMtimes[id];
   // an image dropped then re-added in the same scan (layers came back) is neither
   res.removed.images = res.removed.images.filter((id) => !knownImages.has(id));

@@ -1,2 +1,2 @@
 export { Service, type ServiceOptions } from './service.js';
-export { checkStoreBeforeFirstBuild, readStore, rebuildIndex, type StoreSnapshot } from '../scanner/index.js';
+export { checkStoreBeforeFirstBuild, readStore, rebuildIndex, type StoreSnapshot } from '../scanner/rebuild.js';

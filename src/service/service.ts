@@ -1,17 +1,24 @@
 import { createReadStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { driverFor, selectDriver, type FuseDriver, type DriverName, type LayeredDriver, type LayerMetadata } from '../drivers/index.js';
-import { publishImageOf, sha256Digest } from '../image/index.js';
+import type { FuseDriver, DriverName, LayeredDriver, LayerMetadata } from '../drivers/index.js';
 import { contentSize } from '../common/du.js';
 import { LayerfsError } from '../common/errors.js';
 import { Index, type IndexedLayer, type MountRecord } from '../index/index.js';
-import { addROLayer, idPrefix, importImage, normalizeName, type ImportResult } from '../image/index.js';
+import type { ImportResult } from '../image/index.js';
+import { idPrefix, normalizeName } from '../image/refs.js';
 import { Store, type ImageRecord, type LayerRecord, type StoreOptions } from '../store/index.js';
-import { Lifetime, describeUsers, localUsers, type HostLease, type KeptLayer, type LayerUser, type RemovalReport } from '../usage/index.js';
-import { checkStoreBeforeFirstBuild, rebuildIndex, scanOnce, type ScanOptions, type ScanResult, type StoreSnapshot } from '../scanner/index.js';
+import { Lifetime, type KeptLayer, type RemovalReport } from '../usage/lifetime.js';
+import type { HostLease } from '../usage/leases.js';
+import { describeUsers, localUsers, type LayerUser } from '../usage/users.js';
+import { checkStoreBeforeFirstBuild, rebuildIndex, type StoreSnapshot } from '../scanner/rebuild.js';
+import type { ScanOptions, ScanResult } from '../scanner/scanner.js';
 import type { ExportOptions, ExportResult } from '../image/export.js';
 import type { PullOptions, PullResult } from '../image/registry/pull.js';
+
+// loaded by the operations that use them, not at start-up: `image ls` or `status` needs no tar, registry or FUSE code
+const drivers = () => import('../drivers/index.js');
+const images = () => import('../image/index.js');
 
 export type ServiceOptions = StoreOptions;
 
@@ -33,12 +40,12 @@ export class Service {
   static async open(opts: ServiceOptions): Promise<Service> {
     const store = await Store.open(opts);
     await checkStoreBeforeFirstBuild(store);
-    const index = await Index.open(store.indexDir);
+    const index = await Index.open(store.indexDir, { holderFile: store.indexHolderFile, onWait: (w) => store.noticeLockWait(w) });
     const svc = new Service(store, index);
     try {
       // we hold the root's index, so no other local process is mid-write in the root
       await store.removeStaleTemps(store.root);
-      if (index.created) await rebuildIndex(store, index);
+      if (index.created) svc.built = await rebuildIndex(store, index);
     } catch (err) {
       await index.close();
       throw err;
@@ -50,13 +57,18 @@ export class Service {
     await this.index.close();
   }
 
+  /** The rebuild that made a new index at open, if this open made one. */
+  private built?: StoreSnapshot & { recoveredMounts: MountRecord[] };
+
   async rebuildIndex(): Promise<StoreSnapshot & { recoveredMounts: MountRecord[] }> {
+    // a new index was just built from the disk by open: a second full read would find the same
+    if (this.built) return this.built;
     return rebuildIndex(this.store, this.index);
   }
 
   // ---- images
-  async importImage(input: string, names: string[] = [], onProgress?: Parameters<typeof importImage>[4]): Promise<ImportResult> {
-    return importImage(this.store, this.index, input, names, onProgress);
+  async importImage(input: string, names: string[] = [], onProgress?: Parameters<typeof import('../image/index.js').importImage>[4]): Promise<ImportResult> {
+    return (await images()).importImage(this.store, this.index, input, names, onProgress);
   }
 
   async listImages(): Promise<ImageRecord[]> {
@@ -117,7 +129,7 @@ export class Service {
       for (const l of await this.index.listRWLayers()) {
         if (users.has(l.id)) continue;
         if (Date.now() - (await this.store.rwLayerChangedAt(l.id)) < opts.rwOlderThanMs) continue;
-        if (!dryRun) await driverFor('overlay', this.store, this.index).remove(l.id);
+        if (!dryRun) await (await drivers()).driverFor('overlay', this.store, this.index).remove(l.id);
         rwRemoved.push(l.id);
       }
     }
@@ -186,7 +198,7 @@ export class Service {
     if (rec.rw) {
       const users = (await localUsers(this.index)).get(rec.id) ?? [];
       if (users.length) throw new LayerfsError('EINUSE', `layer ${rec.id}`, `still used by ${describeUsers(users)}${users.some((u) => u.kind === 'mount') ? ': unmount it first' : ''}`);
-      await driverFor('overlay', this.store, this.index).remove(rec.id);
+      await (await drivers()).driverFor('overlay', this.store, this.index).remove(rec.id);
       await this.lifetime.usersChanged();
       return rec.id;
     }
@@ -198,6 +210,7 @@ export class Service {
   async createLayerFromTar(tar: string, parentRef?: string): Promise<{ layer: LayerRecord; created: boolean }> {
     const parent = parentRef ? await this.resolveLayer(parentRef) : null;
     if (parent?.rw) throw new LayerfsError('EUSAGE', `layer ${parent.id}`, 'an RO layer cannot have an RW parent');
+    const { addROLayer } = await images();
     return this.store.withWriteLock(`layer create ${tar}`, () =>
       addROLayer(this.store, this.index, { parent: parent?.id ?? null, open: () => createReadStream(tar, { highWaterMark: 1 << 20 }) }),
     );
@@ -218,7 +231,7 @@ export class Service {
 
   // ---- mounts (graph drivers)
   async driver(name: DriverName = 'auto'): Promise<LayeredDriver> {
-    const d = await selectDriver(name, this.store, this.index);
+    const d = await (await drivers()).selectDriver(name, this.store, this.index);
     await d.init();
     return d;
   }
@@ -316,7 +329,7 @@ export class Service {
       if (!recs.length && !opts.rm) throw new LayerfsError('EMOUNT', `layer ${l.name ?? l.id}`, 'is not mounted (--rm deletes it)');
     }
     try {
-      for (const rec of recs) await driverFor(rec.driver, this.store, this.index).unmount(rec.mountpoint, { force: opts.force || opts.rm });
+      for (const rec of recs) await (await drivers()).driverFor(rec.driver, this.store, this.index).unmount(rec.mountpoint, { force: opts.force || opts.rm });
       let removed = false;
       if (opts.rm && rw) {
         await this.removeLayer(layer);
@@ -340,7 +353,7 @@ export class Service {
   async metadata(ref: string): Promise<LayerMetadata & { layer: string; driver: string | null; mounted: boolean }> {
     const rec = await this.rwLayerOf(ref);
     const m = (await this.index.listMounts()).find((x) => x.layer === rec.id);
-    const d = driverFor(m?.driver ?? 'overlay', this.store, this.index);
+    const d = (await drivers()).driverFor(m?.driver ?? 'overlay', this.store, this.index);
     return { ...(await d.metadata(rec.id)), layer: rec.id, driver: m?.driver ?? null, mounted: !!m };
   }
 
@@ -373,12 +386,13 @@ export class Service {
     } catch {
       name = undefined;
     }
-    const { exportImage } = await import('../image/export.js');
+    const { exportImage } = await images();
     return exportImage(this.store, image, out, { ...opts, ...(name ? { name } : {}) });
   }
 
   /** `layerfs scan`: one scan of the shared store now. */
   async scan(opts: ScanOptions = {}): Promise<ScanResult> {
+    const { scanOnce } = await import('../scanner/scanner.js');
     return scanOnce(this.store, this.index, opts);
   }
 
@@ -401,8 +415,9 @@ export class Service {
       if (img?.topLayer === rw.parent) base = img;
     }
     const baseConfig = base ? JSON.parse((await this.store.readImageBlob(base.id, 'config')).toString('utf8')) : { architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [] } };
+    const { driverFor } = await drivers();
     return this.store.withWriteLock(`commit ${rw.id}`, async () => {
-      const { layer } = await addROLayer(this.store, this.index, { parent: rw.parent, open: () => driverFor('overlay', this.store, this.index).diff(rw.id) });
+      const { layer } = await (await images()).addROLayer(this.store, this.index, { parent: rw.parent, open: () => driverFor('overlay', this.store, this.index).diff(rw.id) });
       const chain = await this.chain(layer.id);
       const now = new Date().toISOString();
       const config = {
@@ -416,18 +431,18 @@ export class Service {
         JSON.stringify({
           schemaVersion: 2,
           mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256Digest(configBuf), size: configBuf.length },
+          config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: (await images()).sha256Digest(configBuf), size: configBuf.length },
           layers: chain.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: l.diffDigest, size: l.compressedSize ?? 0 })),
         }),
       );
-      return publishImageOf(this.store, this.index, { config: configBuf, configDigest: sha256Digest(configBuf), manifest, layers: chain, names });
+      return (await images()).publishImageOf(this.store, this.index, { config: configBuf, configDigest: (await images()).sha256Digest(configBuf), manifest, layers: chain, names });
     });
   }
 
   /** FUSE mounts of ours whose server died (kill -9): unmounted, records dropped. Run at start of mount/status. */
   async cleanStaleMounts(): Promise<string[]> {
     try {
-      return await (driverFor('fuse', this.store, this.index) as FuseDriver).cleanStale();
+      return await ((await drivers()).driverFor('fuse', this.store, this.index) as FuseDriver).cleanStale();
     } catch {
       return [];
     }
@@ -457,8 +472,8 @@ export class Service {
       ...(staleMountsRemoved.length ? { staleMountsRemoved } : {}),
     };
     try {
-      out.defaultDriver = (await selectDriver('auto', this.store, this.index)).name;
-      out.drivers = { overlay: await driverFor('overlay', this.store, this.index).status(), fuse: await driverFor('fuse', this.store, this.index).status() };
+      out.defaultDriver = (await (await drivers()).selectDriver('auto', this.store, this.index)).name;
+      out.drivers = { overlay: await (await drivers()).driverFor('overlay', this.store, this.index).status(), fuse: await (await drivers()).driverFor('fuse', this.store, this.index).status() };
     } catch (err) {
       out.drivers = { error: (err as Error).message };
     }

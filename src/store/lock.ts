@@ -18,8 +18,8 @@ export interface LockHolder {
 }
 
 /** `pid 123 on host h2 since <iso> (image import x.tar)`. */
-export function describeHolder(holder: LockHolder | null): string {
-  if (!holder) return 'an unknown process (the lock file cannot be read)';
+export function describeHolder(holder: LockHolder | null, unknown = 'an unknown process (the lock file cannot be read)'): string {
+  if (!holder) return unknown;
   return `pid ${holder.pid} on host ${holder.host} since ${holder.since} (${holder.purpose})`;
 }
 
@@ -31,11 +31,13 @@ export interface LockWait {
   waitedMs: number;
   /** When the waiter gives up. */
   timeoutMs: number;
+  /** What to call a holder that is not known (default: the lock file cannot be read). */
+  unknownHolder?: string;
 }
 
 export function describeLockWait(w: LockWait): string {
   const waited = w.waitedMs >= 1000 ? `still waiting (${Math.round(w.waitedMs / 1000)} s of ${Math.round(w.timeoutMs / 1000)} s)` : 'waiting';
-  return `${waited} for ${w.lock}, held by ${describeHolder(w.holder)}`;
+  return `${waited} for ${w.lock}, held by ${describeHolder(w.holder, w.unknownHolder)}`;
 }
 
 export interface AcquireOptions {

@@ -2,6 +2,7 @@ import { mkdir, readdir, readFile, readlink, realpath, rename, rm, symlink, writ
 import { createHash, randomBytes } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
+import { IO_PARALLEL, mapLimit } from '../common/limit.js';
 import { LayerfsError, isErrno } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { FileLock, type LockWait, describeLockWait } from './lock.js';
@@ -326,6 +327,14 @@ export class Store {
   get indexDir(): string {
     return path.join(this.root, 'index');
   }
+  /** `<root>/index.holder`: who holds the index now (`{pid, host, since, command}`), for a process waiting for it. */
+  get indexHolderFile(): string {
+    return path.join(this.root, 'index.holder');
+  }
+  /** Tell of a wait for a lock (the writer lock, the index) as this process was told to: stderr for a CLI command, the log otherwise. */
+  noticeLockWait(w: LockWait): void {
+    this.onLockWait(w);
+  }
   /** A layer's dir as every consumer sees it: `<root>/overlay/<id>` (a symlink for RO layers). */
   layerDir(id: string): string {
     return path.join(this.root, 'overlay', id);
@@ -536,7 +545,21 @@ export class Store {
   /** The local symlinks `<root>/<kind>/<id> -> RO/<id>` for an RO layer or image. */
   async linkLocal(id: string, what: 'layer' | 'image'): Promise<void> {
     const kinds: Kind[] = what === 'layer' ? ['overlay', 'overlay-layers'] : ['overlay-images'];
-    for (const kind of kinds) await ensureSymlink(`RO/${id}`, path.join(this.root, kind, id));
+    for (const kind of kinds) {
+      // a new id's link is made in one syscall; one that exists is checked (and fixed) as ensureSymlink does
+      const link = path.join(this.root, kind, id);
+      try {
+        await symlink(`RO/${id}`, link);
+      } catch (err) {
+        if (!isErrno(err, 'EEXIST')) throw err;
+        await ensureSymlink(`RO/${id}`, link);
+      }
+    }
+  }
+
+  /** linkLocal of many ids, `IO_PARALLEL` at a time (a scan or index build of thousands of layers). */
+  async linkLocalMany(ids: readonly string[], what: 'layer' | 'image'): Promise<void> {
+    await mapLimit(ids, IO_PARALLEL, (id) => this.linkLocal(id, what));
   }
 
   async unlinkLocal(id: string, what: 'layer' | 'image'): Promise<void> {
@@ -830,10 +853,8 @@ export class Store {
   /** RW layer ids in the local root (real dirs, not RO symlinks). */
   async listLocalRWIds(): Promise<string[]> {
     const out: string[] = [];
-    for (const n of await readdir(path.join(this.root, 'overlay-layers'))) {
-      if (!isLayerId(n)) continue;
-      const st = await lstat(path.join(this.root, 'overlay-layers', n));
-      if (st.isDirectory()) out.push(n);
+    for (const d of await readdir(path.join(this.root, 'overlay-layers'), { withFileTypes: true })) {
+      if (isLayerId(d.name) && d.isDirectory()) out.push(d.name);
     }
     return out;
   }
@@ -841,10 +862,9 @@ export class Store {
   /** Local symlinks `<root>/<kind>/<id>` that point into RO (what this host has linked). */
   async listLocalLinks(kind: Kind): Promise<string[]> {
     const out: string[] = [];
-    for (const n of await readdir(path.join(this.root, kind))) {
-      if (!isLayerId(n)) continue;
-      const st = await lstat(path.join(this.root, kind, n));
-      if (st.isSymbolicLink()) out.push(n);
+    // the entry types from readdir (d_type; Node lstats only entries whose type the fs does not give)
+    for (const d of await readdir(path.join(this.root, kind), { withFileTypes: true })) {
+      if (isLayerId(d.name) && d.isSymbolicLink()) out.push(d.name);
     }
     return out;
   }

@@ -284,11 +284,19 @@ for (const transport of FUSE_TRANSPORTS) {
       const o = { mtime: true };
       const ours = await withMount(mountFuse(f.lowers, f.mnt, f.upper, f.work, transport), async (m) => {
         await unlink(path.join(m.mnt, 'D/a'));
-        await rename(path.join(m.mnt, 'D'), path.join(m.mnt, 'E'));
         await unlink(path.join(m.mnt, 'N/S/a'));
+        // times set after the removals: a rename leaves a dir's own times (as the kernel's redirect does), also when
+        // the whiteouts left in the copied tree are dropped
+        const T = 1600000000; // whole seconds: the same through fuse-native's milliseconds
+        for (const d of ['D', 'N/S']) native.lutimens(path.join(m.mnt, d), T, 0, T, 0);
+        await rename(path.join(m.mnt, 'D'), path.join(m.mnt, 'E'));
         await rename(path.join(m.mnt, 'N'), path.join(m.mnt, 'M'));
         assert.deepEqual(await readdir(path.join(m.mnt, 'E')), ['b']);
         assert.deepEqual(await readdir(path.join(m.mnt, 'M/S')), ['b']);
+        for (const d of ['E', 'M/S']) {
+          assert.equal((await lstat(path.join(m.mnt, d))).mtimeMs, T * 1000, d);
+          assert.equal((await lstat(path.join(f.upper, d))).mtimeMs, T * 1000, `upper ${d}`);
+        }
         return snapshot(m.mnt, o);
       });
       await withMount(mountKernel(f.lowers, path.join(f.dir, 'k'), f.upper, f.work, { exact: true }), async (k) => {

@@ -31,7 +31,7 @@ import { loopTurn, RangeCopier } from './rangecopy.js';
 import { kindOf, Node, type DirEntry, type NodeStat, type StatLike } from './node.js';
 import { isOpaqueDir, isWhiteoutStat, lstatOrNull, makeWhiteout, setOpaque, whiteoutTarget, WH_OPAQUE, WH_PREFIX } from './whiteout.js';
 import { isPrivateXattr, listVisible, readInoRecord } from './xattr.js';
-import { fstatX, lstatX, type ExactStat } from './stat.js';
+import { fstatX, lstatX, setTimes, type ExactStat } from './stat.js';
 import { UTIME_NOW, UTIME_OMIT } from '../../common/native.js';
 
 export interface OverlayOptions {
@@ -1476,17 +1476,26 @@ function clearLowers(n: Node): void {
   for (const c of n.children.values()) if (c && c.kind === 'dir') clearLowers(c);
 }
 
-/** Remove the whiteouts (both forms) of an upper tree that merges no lower dir any more. */
+/** Remove the whiteouts (both forms) of an upper tree that merges no lower dir any more. A dir's times stay as they
+ *  were: its entries as seen through the mount did not change (kernel overlay's redirect leaves them too). */
 async function dropWhiteouts(dir: string): Promise<void> {
+  const before = lstatX(dir);
+  let dropped = false;
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     const p = path.join(dir, e.name);
     if (e.isDirectory()) await dropWhiteouts(p);
-    else if (e.name.startsWith(WH_PREFIX)) unlinkSync(p);
-    else if (e.isCharacterDevice()) {
+    else if (e.name.startsWith(WH_PREFIX)) {
+      unlinkSync(p);
+      dropped = true;
+    } else if (e.isCharacterDevice()) {
       const st = await lstatOrNull(p);
-      if (st && isWhiteoutStat(st)) unlinkSync(p);
+      if (st && isWhiteoutStat(st)) {
+        unlinkSync(p);
+        dropped = true;
+      }
     }
   }
+  if (dropped) setTimes(dir, before);
 }
 
 async function clearDir(dir: string): Promise<void> {

@@ -149,6 +149,10 @@ add('dir-\udcc3(/bad-\udcff\udcfe-utf8.txt', b'binary name\n', mode=0o644, mtime
 add('big-ids', b'ids\n', mode=0o600, uid=2**22 + 7, gid=2**23 + 9, mtime=1600000002)
 add('pre-1970', b'old\n', mode=0o644, mtime=-86400 * 400)
 add('link-\udc80', type=tarfile.SYMTYPE, linkname='target-\udcff', mtime=1600000003)
+# the dirs of the long name come as entries of their own: a dir an extractor makes unasked gets the clock's time,
+# which two extractions a second apart do not share
+add('long/', type=tarfile.DIRTYPE, mode=0o755, mtime=1600000005)
+add('long/' + 'n\udce9' * 80 + '/', type=tarfile.DIRTYPE, mode=0o755, mtime=1600000006)
 add('long/' + 'n\udce9' * 80 + '/file', b'long binary name\n', mtime=1600000004)
 t.close()
 `;

@@ -129,6 +129,7 @@ export async function importImage(store: Store, index: Index, input: string, nam
       const toApply = records.filter((r) => r === null).length;
       const sem = new Semaphore(IMPORT_PARALLEL);
       let firstErr: unknown = null;
+      let failedAt = Infinity; // the lowest layer that failed: layers above it are not applied or published
       const task = async (i: number, prev: Promise<void>): Promise<void> => {
         const l = src.layers[i]!;
         const total = l.size ?? -1;
@@ -139,7 +140,7 @@ export async function importImage(store: Store, index: Index, input: string, nam
           let res: ApplyResult;
           await sem.acquire();
           try {
-            if (firstErr !== null) throw firstErr;
+            if (i > failedAt) throw firstErr;
             tmp = await store.stageLayer();
             emit({ type: 'layer', index: i, digest: label(i), state: 'applying', bytes: 0, total });
             // several layers to apply: each on its own thread, so their tar parsing runs on several cores
@@ -158,8 +159,9 @@ export async function importImage(store: Store, index: Index, input: string, nam
           } finally {
             sem.release();
           }
-          await prev; // publish bottom-up: the parent first
-          if (firstErr !== null) throw firstErr;
+          // publish bottom-up: the parent first (a layer below a failed one is still published, as
+          // one after the other did: a re-run reuses it)
+          await prev;
           const { layer, created } = await publishApplied(store, index, tmp!, chain[i]!, i ? chain[i - 1]! : null, res);
           tmp = null;
           records[i] = layer;
@@ -167,7 +169,8 @@ export async function importImage(store: Store, index: Index, input: string, nam
           emit({ type: 'layer', index: i, digest: label(i), state: created ? 'done' : 'exists', bytes, total: total >= 0 ? total : bytes });
           logger().info({ layer: layer.id, created }, created ? 'layer extracted' : 'layer already in store');
         } catch (err) {
-          if (firstErr === null) {
+          if (i < failedAt && (firstErr === null || err !== firstErr)) {
+            failedAt = i;
             firstErr = err;
             emit({ type: 'layer', index: i, digest: label(i), state: 'failed', bytes, total });
           }

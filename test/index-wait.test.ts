@@ -10,37 +10,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { cliOk, cliSpawn, repoRoot } from './lib/cli.js';
+import { cliOk, cliSpawn, repoRoot, watch, type Watched } from './lib/cli.js';
+import { waitUntil } from './lib/wait.js';
 
-interface Run {
-  stdout: () => string;
-  stderr: () => string;
-  running: () => boolean;
-  exited: Promise<number | null>;
-}
-
-function watch(child: ChildProcess): Run {
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c) => (out += c));
-  child.stderr!.on('data', (c) => (err += c));
-  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-  return { stdout: () => out, stderr: () => err, running: () => child.exitCode === null && child.signalCode === null, exited };
-}
-
-async function waitFor(what: string, fn: () => boolean, ms: number): Promise<void> {
-  const t0 = Date.now();
-  while (!fn()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** A process that opens the root's index as layerfs does (holder file and all) and keeps it until its stdin closes. */
-function holdIndex(root: string, purpose: string, holderFile = true): { child: ChildProcess; run: Run; held: Promise<void> } {
+function holdIndex(root: string, purpose: string, holderFile = true): { child: ChildProcess; run: Watched; held: Promise<void> } {
   const code = `
     const { Store } = await import(${JSON.stringify(path.join(repoRoot, 'dist/src/store/index.js'))});
     const { Index } = await import(${JSON.stringify(path.join(repoRoot, 'dist/src/index/index.js'))});
@@ -51,7 +28,7 @@ function holdIndex(root: string, purpose: string, holderFile = true): { child: C
     process.stdin.on('end', async () => { await idx.close(); process.exit(0); });`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code], { stdio: ['pipe', 'pipe', 'pipe'] });
   const run = watch(child);
-  return { child, run, held: waitFor('the holder to hold the index', () => run.stdout().includes('held') || !run.running(), 60_000) };
+  return { child, run, held: waitUntil('the holder to hold the index', () => run.stdout().includes('held') || !run.running(), 60_000) };
 }
 
 describe('a command waiting for the index says who holds it', () => {
@@ -89,7 +66,7 @@ describe('a command waiting for the index says who holds it', () => {
       assert.equal(rec.command, 'image import big.tar');
       const heldBy = `held by pid ${h.child.pid} on host ${os.hostname()} since ${rec.since} (image import big.tar)`;
       const r = watch(cliSpawn(['image', 'ls'], { ...env, LAYERFS_INDEX_WAIT_MS: '4000' }));
-      await waitFor('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
+      await waitUntil('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
       assert.ok(r.running(), 'told while still waiting');
       assert.equal(r.stderr(), `layerfs: waiting for the index ${path.join(root, 'index')}, ${heldBy}\n`);
       assert.notEqual(await r.exited, 0);
@@ -106,8 +83,8 @@ describe('a command waiting for the index says who holds it', () => {
     const h = await hold('layerfs daemon: scan');
     const r = watch(cliSpawn(['image', 'ls', '--json'], { ...env, LAYERFS_INDEX_WAIT_MS: '120000' }));
     try {
-      await waitFor('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
-      await waitFor('the repeated message', () => r.stderr().includes('still waiting'), 40_000);
+      await waitUntil('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
+      await waitUntil('the repeated message', () => r.stderr().includes('still waiting'), 40_000);
       assert.match(r.stderr(), new RegExp(`^layerfs: waiting for the index .*, held by pid ${h.child.pid} .*\\(layerfs daemon: scan\\)\\nlayerfs: still waiting \\(10 s of 120 s\\) for the index .*, held by pid ${h.child.pid} `));
       assert.ok(r.running());
     } finally {

@@ -8,36 +8,13 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { cliOk, cliSpawn } from './lib/cli.js';
+import { cliOk, cliSpawn, watch } from './lib/cli.js';
+import { waitUntil } from './lib/wait.js';
 import { makeImage, writeOciLayout } from './lib/images.js';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const isId = (n: string) => /^[0-9a-f]{64}$/.test(n);
 
-interface Run {
-  stdout: () => string;
-  stderr: () => string;
-  running: () => boolean;
-  exited: Promise<number | null>;
-}
-
-function run(args: string[], env: Record<string, string>): Run {
-  const child = cliSpawn(args, env);
-  let out = '';
-  let err = '';
-  child.stdout!.on('data', (c) => (out += c));
-  child.stderr!.on('data', (c) => (err += c));
-  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-  return { stdout: () => out, stderr: () => err, running: () => child.exitCode === null && child.signalCode === null, exited };
-}
-
-async function waitFor(what: string, fn: () => boolean, ms: number): Promise<void> {
-  const t0 = Date.now();
-  while (!fn()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(50);
-  }
-}
+const run = (args: string[], env: Record<string, string>) => watch(cliSpawn(args, env));
 
 describe("waiting for the shared store's writer lock", () => {
   let scratch: string;
@@ -68,7 +45,7 @@ describe("waiting for the shared store's writer lock", () => {
       const before = await images();
       const src = path.join(scratch, 'oci-two');
       const r = run(['image', 'import', src, '--lock-timeout', '4'], W());
-      await waitFor('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
+      await waitUntil('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
       assert.ok(r.running(), 'told while still waiting, before the timeout');
       assert.equal(r.stderr(), `layerfs: waiting for the shared store's writer lock, ${heldBy}\n`);
       assert.notEqual(await r.exited, 0);
@@ -85,7 +62,7 @@ describe("waiting for the shared store's writer lock", () => {
     await hold();
     try {
       const r = run(['image', 'rm', first], { ...W(), LAYERFS_LOCK_TIMEOUT: '2' });
-      await waitFor('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
+      await waitUntil('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
       assert.notEqual(await r.exited, 0);
       assert.match(r.stderr(), new RegExp(`^layerfs: waiting for the shared store's writer lock, held by pid 4242 on host h2-elsewhere .*\\n`));
       assert.match(r.stderr(), new RegExp(`layerfs: image rm ${first}: gave up after 2 s waiting for the shared store's writer lock, held by pid 4242 on host h2-elsewhere since ${holder.since} \\(image import other.tar\\)\\n$`));
@@ -99,8 +76,8 @@ describe("waiting for the shared store's writer lock", () => {
     await hold();
     const r = run(['image', 'import', path.join(scratch, 'oci-two'), '--lock-timeout', '120'], W());
     try {
-      await waitFor('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
-      await waitFor('the repeated message', () => r.stderr().includes('still waiting'), 40_000);
+      await waitUntil('the waiting message', () => r.stderr().includes('waiting for'), 30_000);
+      await waitUntil('the repeated message', () => r.stderr().includes('still waiting'), 40_000);
       assert.match(r.stderr(), new RegExp(`^layerfs: waiting for the shared store's writer lock, ${heldBy.replace(/[()]/g, '\\$&')}\\nlayerfs: still waiting \\(10 s of 120 s\\) for the shared store's writer lock, held by pid 4242 `));
       assert.ok(r.running());
     } finally {

@@ -33,3 +33,20 @@ export async function cliOk(args: string[], env: Record<string, string> = {}): P
 export function cliSpawn(args: string[], env: Record<string, string> = {}): ChildProcess {
   return spawn(process.execPath, [cliEntry, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
 }
+
+/** A child's output as it comes, whether it still runs, and its exit code once it ends. */
+export interface Watched {
+  stdout: () => string;
+  stderr: () => string;
+  running: () => boolean;
+  exited: Promise<number | null>;
+}
+
+export function watch(child: ChildProcess): Watched {
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c) => (out += c));
+  child.stderr!.on('data', (c) => (err += c));
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+  return { stdout: () => out, stderr: () => err, running: () => child.exitCode === null && child.signalCode === null, exited };
+}

@@ -8,3 +8,8 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** waitFor with a plain predicate (e.g. on a watched child's output so far). */
+export async function waitUntil(what: string, fn: () => boolean, ms = 60_000): Promise<void> {
+  await waitFor(what, async () => fn(), ms);
+}

@@ -95,7 +95,9 @@ export async function snapshot(root: string, o: SnapOptions = {}): Promise<Map<s
     if (type === 'symlink') e.target = await readlink(p);
     if (type === 'chr' || type === 'blk') e.rdev = st.rdev;
     if ((type === 'dir' && o.dirNlink) || (type !== 'dir' && o.fileNlink !== false)) e.nlink = st.nlink;
-    if (o.mtime && type !== 'symlink') e.mtimeMs = Math.floor(st.mtimeMs);
+    // whole milliseconds from the exact nanoseconds: st.mtimeMs is a double, and a time a few hundred ns below a
+    // millisecond edge rounds up to the edge in it (so a view with ms times, fuse-native's, seemed 1 ms behind)
+    if (o.mtime && type !== 'symlink') e.mtimeMs = Number((await lstat(p, { bigint: true })).mtimeNs / 1_000_000n);
     if (o.mtimeNs && type !== 'symlink') {
       const ns = (await lstat(p, { bigint: true })).mtimeNs;
       const unit = o.mtimeNs.unit ?? 1n;
